@@ -1,0 +1,2 @@
+"""VisionOps: labeled images in, registered ONNX classifier out."""
+__version__ = "0.1.0"
