@@ -166,7 +166,9 @@ class Config(_Section):
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     export: ExportParams = Field(default_factory=ExportParams)
-    register: RegisterParams = Field(default_factory=RegisterParams)
+    # Field names ``validate``/``register`` would shadow BaseModel/ABCMeta methods: stored with a
+    # trailing underscore, read in params.yaml (and via the properties) without it.
+    register_: RegisterParams = Field(default_factory=RegisterParams, alias="register")
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
     serve: ServeParams = Field(default_factory=ServeParams)
     root: Path = Path(".")
@@ -177,6 +179,10 @@ class Config(_Section):
         """Resolve a path from params against the project root (absolute paths pass through)."""
         p = Path(relative)
         return p if p.is_absolute() else self.root / p
+
+    @property
+    def register(self) -> RegisterParams:
+        return self.register_
 
     @property
     def data_dir(self) -> Path:
@@ -212,14 +218,14 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _describe(error: dict[str, Any], source: str) -> str:
     """One readable line for one pydantic error: key, value, what is allowed."""
-    loc = ".".join(str(p) for p in error["loc"] if p != "validate_")
-    loc = loc.replace("validate_", "validate")
+    loc = ".".join(str(p).rstrip("_") for p in error["loc"])
     kind = error["type"]
     if kind == "extra_forbidden":
         section, _, key = loc.rpartition(".")
         model = Config
         for part in section.split(".") if section else []:
-            model = model.model_fields["validate_" if part == "validate" else part].annotation
+            fields = model.model_fields
+            model = (fields.get(part) or fields[f"{part}_"]).annotation
         known = sorted(
             (f.alias or n) for n, f in model.model_fields.items() if n != "root"
         ) if isinstance(model, type) and issubclass(model, BaseModel) else []

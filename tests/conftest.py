@@ -1,0 +1,28 @@
+"""Suite-wide setup: offline switches, and no test ever touches the user's ~/.prefect or mlruns/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from visionops.offline import apply_offline_env
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+apply_offline_env()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Keep MLflow and Prefect state out of the repo and the home folder."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    home = tmp_path_factory.getbasetemp() / "prefect-home"
+    monkeypatch.setenv("PREFECT_HOME", os.environ.get("VISIONOPS_TEST_PREFECT_HOME", str(home)))
+    yield
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
