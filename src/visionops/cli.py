@@ -8,7 +8,6 @@ import logging
 import sys
 from collections.abc import Callable
 from importlib import import_module
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -134,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result  # a command's own exit code (e.g. predict: 1 when some file was unreadable)
     summary = getattr(result, "summary", None)
     if callable(summary):
         print(summary())

@@ -1,0 +1,304 @@
+"""Stage ``evaluate``: the best checkpoint on the test split.
+
+Writes (paths declared in ``paths.py`` and ``dvc.yaml``):
+
+- ``metrics.json``: accuracy, macro/weighted P/R/F1, log loss, ECE, top-5 (> 5 classes),
+  ROC-AUC/AP (2 classes), per-class P/R/F1/support;
+- ``per_class.csv``: one row per class, with the class it is most often mistaken for;
+- ``label_issues.csv``: every misclassified test image, highest loss first (the images most
+  worth a human look: wrong labels, ambiguous or broken photos);
+- ``plots/``: confusion matrix (counts + row-normalised), reliability diagram, top-loss gallery,
+  ROC and PR curves for binary tasks.
+
+Images go through :func:`visionops.images.preprocess`, the same transform ONNX inference uses.
+Metrics and files are also logged to the training's MLflow run (``artifacts/train/run.json``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import logging
+import re
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from visionops.config import Config
+from visionops.errors import DataError, VisionOpsError
+from visionops.images import PreprocessSpec, open_image
+from visionops.inference import preprocess_batches
+from visionops.io import write_json, write_text
+from visionops.metrics import (
+    calibration_bins,
+    classification_report,
+    confusion_matrix,
+    pr_curve,
+    roc_curve,
+    softmax,
+)
+from visionops.paths import stage_paths
+from visionops.scoring import split_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    metrics: dict
+    metrics_path: Path
+    run_id: str | None
+
+    def summary(self) -> str:
+        m = self.metrics
+        return (
+            f"evaluate: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} on "
+            f"{m['n_images']} test images -> {self.metrics_path.parent}"
+        )
+
+
+def load_checkpoint(path: Path):
+    """(torch model in eval mode, checkpoint dict, class names, PreprocessSpec)."""
+    if not path.exists():
+        raise VisionOpsError(f"{path}: no checkpoint; run `visionops train` (or `dvc repro train`)")
+    from visionops.train.checkpoint import load_model
+
+    model, ckpt = load_model(path)
+    model.eval()
+    return model, ckpt, list(ckpt["class_names"]), PreprocessSpec.from_dict(ckpt["preprocess"])
+
+
+def predict_logits(
+    model,
+    files: Sequence[Path],
+    spec: PreprocessSpec,
+    batch_size: int = 32,
+    workers: int = 2,
+    progress: str | None = None,
+) -> np.ndarray:
+    """PyTorch eval-mode logits (N, C) float32 through the shared preprocessing.
+
+    Raises DataError naming the first unreadable file: a split lists only usable images, so a
+    failure means data/ changed after ``validate``.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    chunks: list[np.ndarray] = []
+    batches = preprocess_batches(list(files), spec, batch_size, workers)
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(
+            batches,
+            total=-(-len(files) // batch_size),
+            desc=progress,
+            unit="batch",
+            file=sys.stderr,
+            disable=None,
+        )
+    with torch.inference_mode():
+        for _, batch, errors in batches:
+            if errors:
+                i, why = next(iter(errors.items()))
+                raise DataError(
+                    f"{files[i]}: {why}; data/ changed since validate: rerun `dvc repro`"
+                )
+            x = torch.from_numpy(batch).to(device)
+            chunks.append(model(x).float().cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+def read_train_run(config: Config) -> dict | None:
+    """``artifacts/train/run.json`` (run_id, tracking_uri, experiment_id) or None if absent."""
+    path = stage_paths(config).train_run
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise VisionOpsError(f"{path}: not valid JSON ({exc}); rerun `visionops train`") from None
+
+
+def _metric_key(name: str) -> str:
+    """MLflow metric names allow letters, digits, _ - . / and space; map anything else to _."""
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
+
+
+def training_run(config: Config) -> tuple[str | None, str]:
+    """(run id from ``run.json`` or None, the store it lives in) — checked to exist.
+
+    The store is the one ``run.json`` names (where train logged), else the configured one.
+    Raises VisionOpsError when the run is not in that store (e.g. another MLFLOW_TRACKING_URI).
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from visionops.tracking import tracking_uri
+
+    run = read_train_run(config) or {}
+    uri = run.get("tracking_uri") or tracking_uri(config)
+    run_id = run.get("run_id")
+    if run_id:
+        try:
+            MlflowClient(tracking_uri=uri).get_run(run_id)
+        except MlflowException:
+            raise VisionOpsError(
+                f"{stage_paths(config).train_run}: MLflow run {run_id} is not in {uri}; rerun "
+                "`visionops train`, or point MLFLOW_TRACKING_URI at the store it was logged in"
+            ) from None
+    return run_id, uri
+
+
+def log_to_mlflow(config: Config, metrics: dict, folder: Path, artifact_path: str) -> str | None:
+    """Log scalar ``test_*`` metrics, per-class F1 and ``folder`` to the training's run."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    run_id, uri = training_run(config)
+    if not run_id:
+        log.warning("no %s: metrics not logged to MLflow", stage_paths(config).train_run)
+        return None
+    client = MlflowClient(tracking_uri=uri)
+    now = int(time.time() * 1000)
+    scalars = {f"test_{k}": float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    for name, row in metrics.get("per_class", {}).items():
+        scalars[_metric_key(f"test_f1/{name}")] = row["f1"]
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in scalars.items()])
+    client.log_artifacts(run_id, str(folder), artifact_path)
+    return run_id
+
+
+def _per_class_csv(cm: np.ndarray, report: dict, names: list[str]) -> str:
+    buf = _io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(
+        ["class", "precision", "recall", "f1", "support", "most_confused_with", "confused_count"]
+    )
+    for i, name in enumerate(names):
+        row = report["per_class"][name]
+        off = cm[i].copy()
+        off[i] = 0
+        j = int(off.argmax())
+        confused = (names[j], int(off[j])) if off[j] > 0 else ("", 0)
+        writer.writerow(
+            [
+                name,
+                f"{row['precision']:.4f}",
+                f"{row['recall']:.4f}",
+                f"{row['f1']:.4f}",
+                row["support"],
+                *confused,
+            ]
+        )
+    return buf.getvalue()
+
+
+def _label_issues(
+    files: Sequence[Path], y: np.ndarray, probs: np.ndarray, names: list[str], data_dir: Path
+) -> list[dict]:
+    """Misclassified images, highest loss (-log p(given label)) first."""
+    pred = probs.argmax(axis=1)
+    p_true = probs[np.arange(len(y)), y]
+    loss = -np.log(np.clip(p_true, 1e-12, 1.0))
+    rows = []
+    for rank, i in enumerate(sorted(np.nonzero(pred != y)[0], key=lambda k: -loss[k]), start=1):
+        path = Path(files[i])
+        shown = path.relative_to(data_dir).as_posix() if path.is_relative_to(data_dir) else path
+        rows.append(
+            {
+                "rank": rank,
+                "path": str(shown),
+                "label": names[y[i]],
+                "predicted": names[pred[i]],
+                "p_label": round(float(p_true[i]), 6),
+                "p_predicted": round(float(probs[i, pred[i]]), 6),
+                "loss": round(float(loss[i]), 6),
+                "_file": path,
+            }
+        )
+    return rows
+
+
+def write_reports(
+    config: Config, files: Sequence[Path], y: np.ndarray, probs: np.ndarray, names: list[str]
+) -> dict:
+    """All evaluate outputs from (files, true indices, probabilities); returns the metrics."""
+    from visionops import plots
+
+    p = stage_paths(config)
+    out = p.evaluate_dir
+    report = classification_report(y, probs, names)
+    cm = confusion_matrix(y, probs.argmax(axis=1), len(names))
+    issues = _label_issues(files, y, probs, names, config.data_dir)
+
+    write_text(out / "per_class.csv", _per_class_csv(cm, report, names))
+    buf = _io.StringIO()
+    fields = ["rank", "path", "label", "predicted", "p_label", "p_predicted", "loss"]
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(issues)
+    write_text(out / "label_issues.csv", buf.getvalue())
+
+    plot_dir = out / "plots"
+    shutil.rmtree(plot_dir, ignore_errors=True)  # no stale ROC from a former binary run
+    plots.confusion_matrix_png(cm, names, plot_dir / "confusion_matrix.png")
+    plots.confusion_matrix_png(
+        cm, names, plot_dir / "confusion_matrix_normalized.png", normalize=True
+    )
+    conf, acc, counts, ece = calibration_bins(y, probs)
+    plots.reliability_png(conf, acc, counts, ece, plot_dir / "reliability.png")
+    if len(names) == 2:
+        fpr, tpr, auc = roc_curve(y, probs[:, 1])
+        plots.curve_png(fpr, tpr, plot_dir / "roc.png", kind="roc", score=auc, positive=names[1])
+        rec, prec, ap = pr_curve(y, probs[:, 1])
+        plots.curve_png(rec, prec, plot_dir / "pr.png", kind="pr", score=ap, positive=names[1])
+    gallery = []
+    for row in issues[: config.evaluate.top_losses]:
+        try:
+            img = open_image(row["_file"])
+        except Exception:  # noqa: BLE001 - a gallery thumbnail is not worth failing for
+            continue
+        gallery.append(
+            plots.GalleryItem(
+                img,
+                row["label"],
+                row["predicted"],
+                row["p_predicted"],
+                row["p_label"],
+                name=Path(row["path"]).name,
+            )
+        )
+    plots.gallery_png(
+        gallery,
+        plot_dir / "top_losses.png",
+        title=f"top {len(gallery)} losses (most confidently wrong test images)",
+    )
+    write_json(p.evaluate_metrics, report)
+    return report
+
+
+def run(config: Config) -> EvaluateResult:
+    p = stage_paths(config)
+    files, labels = split_rows(p.split_file("test"), config.data_dir)
+    model, _, names, spec = load_checkpoint(p.checkpoint_best)
+    unknown = sorted(set(labels) - set(names))
+    if unknown:
+        raise DataError(
+            f"{p.split_file('test')}: labels {', '.join(unknown)} are not among the checkpoint's "
+            f"classes ({', '.join(names)}); rerun `dvc repro` so train sees the same split"
+        )
+    index = {n: i for i, n in enumerate(names)}
+    y = np.array([index[lab] for lab in labels], dtype=np.int64)
+    logits = predict_logits(model, files, spec, config.train.batch_size, progress="evaluate")
+    probs = softmax(logits)
+    report = write_reports(config, files, y, probs, names)
+    run_id = log_to_mlflow(config, report, p.evaluate_dir, "evaluate")
+    return EvaluateResult(report, p.evaluate_metrics, run_id)

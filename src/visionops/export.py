@@ -1,0 +1,261 @@
+"""Stage ``export``: best checkpoint -> self-describing ONNX, admitted only through a parity gate.
+
+1. ``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``, explicit opset), input
+   ``input`` (N, 3, H, W) and output ``logits`` (N, C) with a dynamic batch axis;
+2. ``metadata_props``: class names, PreprocessSpec, backbone, git commit, data version, params
+   hash (:mod:`visionops.onnx_meta`), then ``onnx.checker`` (full check);
+3. the batch axis is run at sizes 1, 3 and 17 in ONNX Runtime (and rows must not depend on the
+   batch they are in);
+4. parity gate on the real validation images, both sides fed by the inference preprocessing:
+   100% top-1 agreement and max |Δprob| <= ``export.parity_max_abs_diff``. Parity is not
+   correctness (a broken model exports faithfully), so the ONNX model's validation accuracy must
+   also match what training recorded for the checkpoint;
+5. optionally int8 (:mod:`visionops.quantize`: static QDQ, per-channel, calibrated on training
+   images) with its test accuracy delta and speed-up, as ``model.int8.onnx`` beside the model.
+
+Any failure raises and leaves no ``model.onnx`` behind: the file is built beside the target and
+renamed into place only after every check passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from visionops.config import Config
+from visionops.errors import VisionOpsError
+from visionops.evaluate import load_checkpoint
+from visionops.images import PreprocessSpec
+from visionops.inference import build_session, preprocess_batches
+from visionops.io import atomic_path, write_json
+from visionops.metrics import softmax
+from visionops.onnx_meta import build_metadata
+from visionops.paths import stage_paths
+from visionops.scoring import split_rows
+from visionops.tracking import lineage_tags
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZES = (1, 3, 17)
+INPUT, OUTPUT = "input", "logits"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    onnx_path: Path
+    report: dict
+
+    def summary(self) -> str:
+        r, par = self.report, self.report["parity"]
+        text = (
+            f"export: {self.onnx_path} (opset {r['opset']}, batch sizes "
+            f"{'/'.join(map(str, r['dynamic_batch_checked']))} OK); parity on {par['n_images']} "
+            f"val images: top-1 agreement {par['top1_agreement']:.1%}, max |dprob| "
+            f"{par['max_abs_diff_prob']:.2e}; ONNX val accuracy {r['val_accuracy_onnx']:.3f}"
+        )
+        q = r.get("int8") or {}
+        if "speedup" in q:
+            text += (
+                f"; int8: test accuracy {q['accuracy_delta']:+.3f}, "
+                f"{q['speedup']:.2f}x faster -> {q['path']}"
+            )
+        return text
+
+
+def export_onnx(model, path: Path, image_size: int, opset: int) -> None:
+    """TorchScript-based export (``dynamo=False``: max |Δlogit| ~1e-5 at opset 17 here)."""
+    import torch
+
+    dummy = torch.zeros(2, 3, image_size, image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=DeprecationWarning)
+        warnings.simplefilter("ignore", category=FutureWarning)
+        warnings.simplefilter("ignore", category=UserWarning)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+
+
+def write_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Replace the file's ``metadata_props`` with ``metadata`` and run the full checker."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    model.doc_string = "VisionOps image classifier; preprocessing and labels in metadata_props"
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise VisionOpsError(f"{path}: onnx.checker rejects the export: {exc}") from None
+    onnx.save(model, str(path))
+
+
+def check_dynamic_batch(session, image_size: int, n_classes: int) -> list[int]:
+    """Run batch sizes 1, 3, 17; each row's logits must not depend on its batch (<= 1e-4)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((max(BATCH_SIZES), 3, image_size, image_size)).astype(np.float32)
+    reference = None
+    for n in BATCH_SIZES:
+        try:
+            out = session.run(None, {INPUT: x[:n]})[0]
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise VisionOpsError(f"exported model fails at batch size {n}: {exc}") from None
+        if out.shape != (n, n_classes):
+            raise VisionOpsError(
+                f"exported model returns shape {out.shape} for batch {n}, expected ({n}, "
+                f"{n_classes}); the batch axis is not dynamic"
+            )
+        if reference is None:
+            reference = out[0]
+        elif np.max(np.abs(out[0] - reference)) > 1e-4:
+            raise VisionOpsError(
+                f"exported model's output for an image changes with batch size {n}; is the "
+                "model in eval mode (BatchNorm/Dropout)?"
+            )
+    return list(BATCH_SIZES)
+
+
+def parity_check(model, session, files: list[Path], spec: PreprocessSpec, batch_size: int) -> dict:
+    """PyTorch eval vs ONNX Runtime on the same preprocessed images."""
+    import torch
+
+    torch_probs, ort_probs, max_logit = [], [], 0.0
+    with torch.inference_mode():
+        for _, batch, errors in preprocess_batches(files, spec, batch_size, workers=2):
+            if errors:
+                i, why = next(iter(errors.items()))
+                raise VisionOpsError(f"{files[i]}: {why}; rerun `dvc repro` (data/ changed)")
+            t = model(torch.from_numpy(batch)).float().numpy()
+            o = session.run(None, {INPUT: batch})[0]
+            max_logit = max(max_logit, float(np.max(np.abs(t - o))))
+            torch_probs.append(softmax(t))
+            ort_probs.append(softmax(o))
+    tp, op = np.concatenate(torch_probs), np.concatenate(ort_probs)
+    agree = tp.argmax(1) == op.argmax(1)
+    return {
+        "n_images": len(files),
+        "top1_agreement": float(agree.mean()),
+        "max_abs_diff_prob": float(np.max(np.abs(tp - op))),
+        "max_abs_diff_logit": max_logit,
+        "disagreements": [str(files[i]) for i in np.nonzero(~agree)[0][:10]],
+        "_torch_pred": tp.argmax(1),
+        "_onnx_probs": op,
+    }
+
+
+def _shown(path: Path, root: Path) -> str:
+    """``path`` relative to the project root when inside it (reports stay portable)."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def _recorded_val_accuracy(ckpt: dict) -> float | None:
+    metrics = ckpt.get("metrics") or {}
+    for key in ("val_acc", "val_accuracy", "accuracy"):
+        if isinstance(metrics.get(key), int | float):
+            return float(metrics[key])
+    return None
+
+
+def run(config: Config) -> ExportResult:
+    p = stage_paths(config)
+    target = p.onnx_model
+    target.unlink(missing_ok=True)  # a failed export must not leave the previous model around
+    target.with_name("model.int8.onnx").unlink(missing_ok=True)
+    val_files, val_labels = split_rows(p.split_file("val"), config.data_dir)
+    model, ckpt, names, spec = load_checkpoint(p.checkpoint_best)
+    import torch
+
+    model = model.to("cpu", dtype=torch.float32).to(memory_format=torch.contiguous_format).eval()
+    lineage = lineage_tags(config)
+    metadata = build_metadata(
+        names,
+        spec,
+        str(ckpt.get("backbone", config.model.backbone)),
+        git_commit=lineage["git_commit"],
+        data_version=lineage["data_version"],
+        params_hash=lineage["params_hash"],
+        opset=config.export.opset,
+        num_classes=len(names),
+    )
+    limit = config.export.parity_max_abs_diff
+    with atomic_path(target) as tmp:
+        started = time.perf_counter()
+        export_onnx(model, tmp, spec.image_size, config.export.opset)
+        write_metadata(tmp, metadata)
+        session, _ = build_session(tmp, device="cpu")
+        sizes = check_dynamic_batch(session, spec.image_size, len(names))
+        log.info("parity gate: %d val images through PyTorch and ONNX Runtime", len(val_files))
+        parity = parity_check(model, session, val_files, spec, config.train.batch_size)
+        passed = parity["top1_agreement"] == 1.0 and parity["max_abs_diff_prob"] <= limit
+        if not passed:
+            raise VisionOpsError(
+                f"parity gate failed on {parity['n_images']} val images: top-1 agreement "
+                f"{parity['top1_agreement']:.2%} (need 100%), max |dprob| "
+                f"{parity['max_abs_diff_prob']:.2e} (limit export.parity_max_abs_diff={limit:g}); "
+                f"first disagreements: {parity['disagreements'][:3]}; no model.onnx written"
+            )
+        index = {n: i for i, n in enumerate(names)}
+        y = np.array([index.get(lab, -1) for lab in val_labels])
+        onnx_acc = float(np.mean(parity["_onnx_probs"].argmax(1) == y))
+        torch_acc = float(np.mean(parity["_torch_pred"] == y))
+        recorded = _recorded_val_accuracy(ckpt)
+        if recorded is not None and onnx_acc < recorded - max(0.05, 3 / len(y)):
+            raise VisionOpsError(
+                f"the exported model scores {onnx_acc:.3f} on val but training recorded "
+                f"{recorded:.3f} for {p.checkpoint_best}: parity holds, so the checkpoint's "
+                "model is rebuilt wrongly (layers, activations, weights); no model.onnx written"
+            )
+        seconds = time.perf_counter() - started
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    report = {
+        "onnx_path": _shown(target, config.root),
+        "opset": config.export.opset,
+        "input": INPUT,
+        "output": OUTPUT,
+        "image_size": spec.image_size,
+        "num_classes": len(names),
+        "dynamic_batch_checked": sizes,
+        "size_mb": target.stat().st_size / 2**20,
+        "sha256": digest,
+        "export_seconds": seconds,
+        "parity": {
+            "passed": True,
+            "n_images": parity["n_images"],
+            "top1_agreement": parity["top1_agreement"],
+            "max_abs_diff_prob": parity["max_abs_diff_prob"],
+            "max_abs_diff_logit": parity["max_abs_diff_logit"],
+            "limit": limit,
+        },
+        "val_accuracy_onnx": onnx_acc,
+        "val_accuracy_torch": torch_acc,
+        "val_accuracy_recorded": recorded,
+        **lineage,
+    }
+    if config.export.int8:
+        try:
+            from visionops.quantize import int8_report
+
+            report["int8"] = int8_report(config, session, target, metadata, spec)
+        except VisionOpsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - int8 is optional; fp32 stays valid
+            log.warning("int8 quantization failed (fp32 model kept): %s", exc)
+            report["int8"] = {"error": f"{type(exc).__name__}: {exc}"}
+    write_json(p.export_report, report)
+    return ExportResult(target, report)
