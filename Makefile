@@ -15,7 +15,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help install demo test test-fast lint format ui bench serve deploy clean
+.PHONY: help install demo test test-fast lint format ui bench serve deploy schedule pipeline clean
 
 help: ## list the targets
 	@echo "VisionOps — fresh machine: 'make demo' then 'make test'."
@@ -50,6 +50,34 @@ lint: $(STAMP) ## ruff lint + format check
 format: $(STAMP) ## ruff format + autofix
 	$(BIN)/ruff format src flows tests benchmarks tools
 	$(BIN)/ruff check --fix src flows tests benchmarks tools
+
+# Orchestration (docs/ORCHESTRATION.md). The local Prefect server keeps its database in .prefect/.
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+PREFECT_API ?= http://127.0.0.1:$(PREFECT_PORT)/api
+PREFECT_UP = $(BIN)/python -c "import urllib.request as u; u.urlopen('$(PREFECT_API)/health', timeout=3)" 2>/dev/null
+
+ui: $(STAMP) ## start the Prefect server + MLflow UI on 127.0.0.1 (Ctrl-C stops both)
+	@mkdir -p .prefect mlruns
+	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (API $(PREFECT_API), database .prefect/)"
+	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT)  (store sqlite:///mlruns/mlflow.db)"
+	@echo "Both answer within a minute. Then, in another terminal: make deploy (scheduled runs) or make pipeline (one run now)."
+	@PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) & p1=$$!; \
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 & p2=$$!; \
+	trap 'trap - INT TERM EXIT; kill 0 2>/dev/null' INT TERM EXIT; wait $$p1 $$p2
+
+deploy: $(STAMP) ## serve the flow as deployment training-pipeline/scheduled on schedule.cron (needs make ui)
+	@$(PREFECT_UP) || { echo "no Prefect server at $(PREFECT_API): run 'make ui' first (or PREFECT_API=<url>)"; exit 1; }
+	PREFECT_API_URL=$(PREFECT_API) VISIONOPS_MLFLOW_UI=http://127.0.0.1:$(MLFLOW_PORT) $(BIN)/python flows/serve_deployment.py
+
+schedule: $(STAMP) ## list the deployment and its cron schedule on the Prefect server
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect deployment ls
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect deployment schedule ls training-pipeline/scheduled
+
+pipeline: $(STAMP) data/ ## run the Prefect flow once now (ARGS="--force --set train.head_epochs=1")
+	@if $(PREFECT_UP); then export PREFECT_API_URL=$(PREFECT_API); \
+	else echo "no Prefect server at $(PREFECT_API): using a temporary one (start make ui to keep the history)"; fi; \
+	VISIONOPS_MLFLOW_UI=http://127.0.0.1:$(MLFLOW_PORT) $(BIN)/python flows/pipeline.py $(ARGS)
 
 clean: ## remove artifacts/ and caches (never data/ or mlruns/)
 	rm -rf artifacts .cache .pytest_cache .ruff_cache

@@ -1,0 +1,294 @@
+"""Run the DVC pipeline one stage at a time on behalf of an orchestrator (the Prefect flow).
+
+The flow never runs a stage function itself: each step here is a ``dvc`` subprocess, so
+``dvc.lock``, the DVC cache and the orchestrator's history always agree with what a plain
+``dvc repro`` would do. Pieces:
+
+* :func:`run_stage` — ``dvc repro --single-item [--force] <stage>``, every output line handed to a
+  callback as it arrives (Prefect logs), classified ``ran`` / ``skipped`` / ``restored``; a failure
+  raises :class:`StageFailed` carrying the stage's own ``error: ...`` line.
+* :mod:`visionops.version_data` — ``dvc add data`` when ``data/`` changed, ``dvc push``.
+* :func:`pipeline_lock` — one pipeline run per project at a time (``flock`` on a file under
+  ``.dvc/tmp``); a second run waits, then finds the stages up to date.
+
+Failures that a retry can cure (DVC's own lock held by a manual ``dvc repro``, a remote that did
+not answer) raise :class:`Transient`; everything else is deterministic and must not be retried.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from visionops.errors import VisionOpsError
+from visionops.offline import OFFLINE_ENV
+
+log = logging.getLogger(__name__)
+
+#: The stages of dvc.yaml in pipeline order (the flow has one task per stage).
+PIPELINE_STAGES = ("validate", "split", "train", "evaluate", "export", "register")
+
+LineSink = Callable[[str], None]
+
+_TAIL = 40  # output lines kept for an error message without a recognisable error line
+DVC_LOCKED = "Unable to acquire lock"
+# The last line of a traceback: "ValueError: ...", "torch.OutOfMemoryError: ...", "KeyError: 'x'".
+_EXCEPTION_LINE = re.compile(
+    r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit)(?::\s.*)?$"
+)
+_LOCK_FILE = Path(".dvc") / "tmp" / "visionops-pipeline.lock"
+
+
+class StageFailed(VisionOpsError):
+    """A stage's command failed; the message is the stage's own ``error: ...`` line."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(f"stage '{stage}' failed: {message}")
+        self.stage = stage
+        self.reason = message
+
+
+class Transient(VisionOpsError):
+    """A failure another attempt may cure (DVC repository locked, remote unreachable)."""
+
+
+@dataclass
+class StageResult:
+    """One ``dvc repro --single-item`` call. ``status``: ran | skipped | restored (run-cache)."""
+
+    stage: str
+    status: str
+    duration_s: float
+    command: str
+
+    def summary(self) -> str:
+        verb = {
+            "ran": "ran",
+            "skipped": "skipped (unchanged: DVC deps, params and outs match dvc.lock)",
+            "restored": "restored from the DVC run-cache (same inputs ran before)",
+        }[self.status]
+        return f"stage '{self.stage}' {verb} in {self.duration_s:.1f} s"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CommandOutput:
+    returncode: int
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=_TAIL))
+    errors: list[str] = field(default_factory=list)  # the CLI's "error: ..." lines
+    exceptions: list[str] = field(default_factory=list)  # last lines of Python tracebacks
+    dvc_errors: list[str] = field(default_factory=list)  # DVC's "ERROR: ..." lines
+    markers: set[str] = field(default_factory=set)
+
+
+def dvc_executable() -> str:
+    """The ``dvc`` beside the running interpreter (a venv need not be activated), else PATH's."""
+    beside = Path(sys.executable).parent / "dvc"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("dvc")
+    if not found:
+        raise VisionOpsError("dvc not found: install the project (make install) or put dvc on PATH")
+    return found
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for ``dvc``: offline switches, unbuffered output, and the interpreter's bin
+    folder first on PATH so ``cmd: visionops <stage>`` finds this install's ``visionops``."""
+    env = dict(os.environ)
+    for key, value in OFFLINE_ENV.items():
+        env.setdefault(key, value)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def _lines(stream) -> Iterator[str]:
+    """Decoded lines from a binary pipe; ``\\r`` also ends a line (progress bars redraw with it)."""
+    pending = b""
+    while chunk := stream.read1(65536):
+        pending += chunk
+        parts = re.split(rb"\r\n|\r|\n", pending)
+        pending = parts.pop()
+        for part in parts:
+            yield part.decode("utf-8", errors="replace")
+    if pending:
+        yield pending.decode("utf-8", errors="replace")
+
+
+def run_command(args: list[str], cwd: Path, on_line: LineSink | None = None) -> CommandOutput:
+    """Run ``args`` in ``cwd`` with stdout+stderr merged, passing each non-blank line to
+    ``on_line`` while it runs. Returns the exit code, the last lines and the error lines."""
+    on_line = on_line or log.info
+    proc = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    out = CommandOutput(returncode=-1)
+    try:
+        for raw in _lines(proc.stdout):
+            line = raw.rstrip()
+            if not line.strip():
+                continue
+            out.tail.append(line)
+            if line.startswith("error: "):
+                out.errors.append(line.removeprefix("error: ").strip())
+            elif line.startswith("ERROR: "):
+                out.dvc_errors.append(line.removeprefix("ERROR: ").strip())
+            elif _EXCEPTION_LINE.match(line):
+                out.exceptions.append(line.strip())
+            for marker in (
+                "Running stage",
+                "didn't change, skipping",
+                "is cached - skipping run",
+                DVC_LOCKED,
+            ):
+                if marker in line:
+                    out.markers.add(marker)
+            on_line(line)
+    except BaseException:  # cancelled or interrupted: do not leave dvc and its stage running
+        proc.terminate()
+        raise
+    finally:
+        proc.stdout.close()
+        out.returncode = proc.wait()
+    return out
+
+
+def failure_message(out: CommandOutput) -> str:
+    """The most specific reason: the stage CLI's ``error:`` line, else the exception of a
+    traceback (a crash, not a reported error), else DVC's ``ERROR:`` line, else the last lines."""
+    if out.errors:
+        return out.errors[-1]
+    if out.exceptions:
+        return f"{out.exceptions[-1]} (a crash: see the traceback in the stage log)"
+    if out.dvc_errors:
+        return out.dvc_errors[-1]
+    tail = " | ".join(list(out.tail)[-5:])
+    return f"exit code {out.returncode}: {tail}" if tail else f"exit code {out.returncode}"
+
+
+def run_stage(
+    root: Path | str, stage: str, force: bool = False, on_line: LineSink | None = None
+) -> StageResult:
+    """Reproduce one dvc.yaml stage (not its upstream stages: the caller runs them in order).
+
+    Raises :class:`Transient` when DVC's repository lock is held by another DVC process, and
+    :class:`StageFailed` (never worth a retry) with the stage's own message on any other failure.
+    """
+    root = Path(root)
+    args = [dvc_executable(), "repro", "--single-item", *(["--force"] if force else []), stage]
+    command = "dvc " + " ".join(args[1:])
+    (on_line or log.info)(f"$ {command}")
+    started = time.perf_counter()
+    out = run_command(args, root, on_line)
+    duration = time.perf_counter() - started
+    if out.returncode != 0:
+        if DVC_LOCKED in out.markers:
+            raise Transient(
+                f"stage '{stage}': the DVC repository {root} is locked by another DVC process "
+                f"(.dvc/tmp/lock; a manual `dvc repro`?); retrying later"
+            )
+        raise StageFailed(stage, failure_message(out))
+    if "Running stage" in out.markers:
+        status = "ran"
+    elif "is cached - skipping run" in out.markers:
+        status = "restored"
+    else:
+        status = "skipped"
+    return StageResult(stage=stage, status=status, duration_s=round(duration, 2), command=command)
+
+
+@contextmanager
+def pipeline_lock(
+    root: Path | str,
+    timeout_s: float = 6 * 3600,
+    poll_s: float = 2.0,
+    on_wait: LineSink | None = None,
+) -> Iterator[Path]:
+    """Hold the project's pipeline lock: at most one orchestrated run per project at a time.
+
+    ``flock`` on ``.dvc/tmp/visionops-pipeline.lock``: the kernel drops it when the holder dies,
+    so a killed run never leaves a stale lock. A second run waits (logging who holds it) up to
+    ``timeout_s``, then raises :class:`VisionOpsError`. POSIX only; local filesystems only.
+    """
+    root = Path(root)
+    if not (root / ".dvc").is_dir():
+        raise VisionOpsError(f"{root}: not a DVC project (no .dvc/). Fix: run `dvc init` there")
+    path = root / _LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    started = time.monotonic()
+    told = False
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = path.read_text(encoding="utf-8", errors="replace").strip() or "unknown"
+                waited = time.monotonic() - started
+                if waited > timeout_s:
+                    raise VisionOpsError(
+                        f"another pipeline run still holds {path} ({holder}) after "
+                        f"{waited:.0f} s; let it finish, or stop it and run again"
+                    ) from None
+                if not told:
+                    (on_wait or log.info)(
+                        f"another pipeline run holds {path} ({holder}); waiting for it to finish"
+                    )
+                    told = True
+                time.sleep(poll_s)
+        if told:
+            (on_wait or log.info)(
+                f"pipeline lock acquired after {time.monotonic() - started:.0f} s"
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(
+            fd,
+            f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(),
+            0,
+        )
+        yield path
+    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def tag_training_run(root: Path | str, run_file: Path, tags: dict[str, str]) -> str | None:
+    """Set ``tags`` on the MLflow run recorded in ``artifacts/train/run.json``; returns its id.
+
+    Used to record the flow's param overrides and its Prefect run next to the training run.
+    Missing run.json (train never ran) returns None.
+    """
+    if not run_file.exists():
+        return None
+    info = json.loads(run_file.read_text(encoding="utf-8"))
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=info.get("tracking_uri"))
+    for key, value in tags.items():
+        client.set_tag(info["run_id"], key, value)
+    return info["run_id"]
