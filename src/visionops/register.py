@@ -146,7 +146,6 @@ def run(config: Config) -> RegisterResult:
     export_report = _read_json(p.export_report, "export")
     test_metrics = _read_json(p.evaluate_metrics, "evaluate")
     files, labels = split_rows(p.split_file("test"), config.data_dir)
-    classes = sorted(set(labels))
     name, metric = config.register.model_name, config.register.metric
 
     run_id, uri = training_run(config)
@@ -158,6 +157,9 @@ def run(config: Config) -> RegisterResult:
         uri = tracking_uri(config)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     new = Predictor(p.onnx_model)
+    # The new model's classes (+ any test label): a class with no test image counts as F1 = 0,
+    # exactly as in evaluate's metrics.json, so the two stages report the same macro-F1.
+    classes = sorted(set(labels) | set(new.labels))
     new_scores = label_scores(labels, predicted_labels(new, files), classes)
 
     lineage = {k: export_report.get(k) or v for k, v in lineage_tags(config).items()}

@@ -1,0 +1,254 @@
+"""Load test of ``visionops serve``: N concurrent clients POSTing real photos for S seconds.
+
+    # start a server on a free loopback port for this model, then load it (the usual way):
+    python benchmarks/load_test.py --model artifacts/export/model.onnx
+    # against a server you started yourself:
+    python benchmarks/load_test.py --url http://127.0.0.1:8000
+    # no trained model yet? export an ImageNet EfficientNet-Lite0 (224 px, 10-class head) first:
+    python benchmarks/load_test.py --make-lite0 benchmarks/results/lite0.onnx
+
+Each client (an aiohttp coroutine, all in this process) sends one image per request (photos from
+sample/clothing-mini, round robin) and the next as soon as the answer arrives. Requests/s,
+p50/p95/p99 latency (client side), the server's own handler time, errors (any non-200 or
+transport failure) and the CPU both processes burnt per request are printed and written as JSON
+to benchmarks/results/. The first ``--warmup`` seconds are not counted. Client and server share
+the machine's cores, so numbers are a floor for the server alone. Results: docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SAMPLE = ROOT / "sample" / "clothing-mini"
+
+# Started in a subprocess: the real app with the settings under test (serve.py's defaults unless
+# --workers / --micro-batch say otherwise).
+SERVER = """
+import dataclasses, json, logging, sys, uvicorn
+from visionops.config import load_config
+from visionops.offline import apply_offline_env
+from visionops.serve import LIMIT_CONCURRENCY, build_app
+apply_offline_env()
+logging.basicConfig(level=logging.WARNING)
+model, port, params, variant = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+app = build_app(load_config(params), model)
+settings = app.state.settings
+if variant["workers"] or variant["micro_batch"]:  # rebuild with the variant's runner settings
+    from visionops.serve_app import create_app
+    settings = dataclasses.replace(settings, infer_workers=variant["workers"] or
+                                   settings.infer_workers, micro_batch=variant["micro_batch"])
+    app = create_app(app.state.holder, settings)
+uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+            limit_concurrency=LIMIT_CONCURRENCY)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def load_images(limit: int = 64) -> list[tuple[str, bytes]]:
+    photos = sorted(SAMPLE.glob("*/*.jpg"))[::5][:limit]
+    if not photos:
+        sys.exit(f"no photos under {SAMPLE}; run from the repository")
+    return [(p.name, p.read_bytes()) for p in photos]
+
+
+async def client_loop(session, images, stop_at: float, count_from: float, out: dict, offset: int):
+    import aiohttp
+
+    i = offset
+    while (now := time.perf_counter()) < stop_at:
+        name, data = images[i % len(images)]
+        i += 1
+        form = aiohttp.FormData()
+        form.add_field("files", data, filename=name, content_type="image/jpeg")
+        t0 = time.perf_counter()
+        try:
+            async with session.post("/predict", data=form) as r:
+                body = await r.json()
+                ok, code = r.status == 200, str(r.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            ok, code = False, type(exc).__name__
+            if len(out["samples"]) < 5:
+                out["samples"].append(f"{code} after {time.perf_counter() - t0:.2f} s: {exc!r}")
+        t1 = time.perf_counter()
+        if now < count_from or t1 > stop_at:
+            continue  # warm-up, or finished after the window closed
+        out["done"] += 1
+        if ok:
+            out["latencies"].append(t1 - t0)
+            out["server_ms"].append(body["latency_ms"])
+        else:
+            out["errors"][code] = out["errors"].get(code, 0) + 1
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU time of a process (all its threads), from /proc; None if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError, TypeError):
+        return None
+
+
+async def sample_cpu(pid: int | None, at: float, into: list) -> None:
+    await asyncio.sleep(max(0.0, at - time.perf_counter()))
+    into.append(cpu_seconds(pid))
+
+
+async def load(url: str, clients: int, seconds: float, warmup: float, pid: int | None) -> dict:
+    # aiohttp (an MLflow dependency) rather than httpx: ~5x less client CPU per request, which
+    # matters when client and server share two cores.
+    import aiohttp
+
+    images = load_images()
+    out: dict = {"latencies": [], "server_ms": [], "errors": {}, "done": 0, "samples": []}
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as client:
+        async with client.get("/health") as r:
+            health = await r.json()
+        start = time.perf_counter()
+        count_from, stop_at = start + warmup, start + warmup + seconds
+        cpu: list = []
+        mine: list = []
+        await asyncio.gather(
+            sample_cpu(pid, count_from, cpu),
+            sample_cpu(pid, stop_at, cpu),
+            sample_cpu(os.getpid(), count_from, mine),
+            sample_cpu(os.getpid(), stop_at, mine),
+            *(client_loop(client, images, stop_at, count_from, out, k) for k in range(clients)),
+        )
+    server_cpu = cpu[1] - cpu[0] if None not in cpu and out["done"] else None
+    client_cpu = mine[1] - mine[0] if None not in mine and out["done"] else None
+    lat = np.array(out["latencies"]) * 1000
+    errors = out["errors"]
+    return {
+        "url": url,
+        "model": health.get("model"),
+        "version": health.get("version"),
+        "provider": health.get("provider"),
+        "clients": clients,
+        "seconds": seconds,
+        "requests": out["done"],
+        "requests_per_s": round(out["done"] / seconds, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
+        "p95_ms": round(float(np.percentile(lat, 95)), 1) if len(lat) else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
+        # time inside the server's handler (upload parse + queue + inference), from the responses
+        "server_p50_ms": round(float(np.percentile(out["server_ms"], 50)), 1) if len(lat) else None,
+        "server_p95_ms": round(float(np.percentile(out["server_ms"], 95)), 1) if len(lat) else None,
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "error_samples": out["samples"],
+        # CPU the server burnt per answered request: robust to other jobs on a shared machine
+        "server_cpu_ms_per_request": (
+            round(server_cpu / out["done"] * 1000, 1) if server_cpu is not None else None
+        ),
+        "client_cpu_ms_per_request": (
+            round(client_cpu / out["done"] * 1000, 1) if client_cpu is not None else None
+        ),
+    }
+
+
+def start_server(model: str, params: str, variant: dict) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-c", SERVER, model, str(port), params, json.dumps(variant)]
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the server exited with {proc.returncode}")
+        try:
+            httpx.get(f"{url}/health", timeout=2)
+            return proc, url
+        except httpx.TransportError:
+            time.sleep(0.3)
+    proc.kill()
+    sys.exit("the server did not come up in 120 s")
+
+
+def make_lite0(path: Path) -> None:
+    """ImageNet EfficientNet-Lite0 backbone + 10-class head, exported like `visionops export`."""
+    from visionops.export import export_onnx, write_metadata
+    from visionops.onnx_meta import build_metadata
+    from visionops.train.models import create_model, preprocess_spec
+
+    labels = sorted(p.name for p in SAMPLE.iterdir() if p.is_dir()) or [f"c{i}" for i in range(10)]
+    model = create_model("efficientnet_lite0", len(labels), pretrained=True).eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, path, image_size=224, opset=17)
+    spec = preprocess_spec("efficientnet_lite0", 224, 256)
+    write_metadata(path, build_metadata(labels, spec, "efficientnet_lite0", note="load-test"))
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="start a server for this .onnx / models:/ URI")
+    what.add_argument("--url", help="load a server that is already running")
+    what.add_argument("--make-lite0", type=Path, metavar="PATH", help="export a Lite0 and exit")
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--warmup", type=float, default=3)
+    parser.add_argument("--params", default="params.yaml", help="serve limits come from here")
+    parser.add_argument("--workers", type=int, default=0, help="inference threads (0: default)")
+    parser.add_argument("--micro-batch", action="store_true", help="merge queued requests")
+    parser.add_argument("--label", default="", help="name of this run in the results file")
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    if args.make_lite0:
+        make_lite0(args.make_lite0)
+        return
+    proc = None
+    url = args.url
+    variant = {
+        "workers": args.workers,
+        "micro_batch": args.micro_batch,
+    }
+    if args.model:
+        proc, url = start_server(args.model, args.params, variant)
+    try:
+        pid = proc.pid if proc else None
+        report = asyncio.run(load(url, args.clients, args.seconds, args.warmup, pid))
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait(timeout=30)
+    report.update(
+        label=args.label,
+        **variant,
+        cpus=os.cpu_count(),
+        load_avg_1m=round(os.getloadavg()[0], 2),
+    )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"load_test-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()

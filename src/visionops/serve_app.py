@@ -1,0 +1,208 @@
+"""The ASGI app of ``visionops serve``: ``POST /predict``, ``GET /health``, ``/metadata`` and ``/``.
+
+Inference runs on a small dedicated thread pool (never on the event loop) against the one shared
+ONNX Runtime session of :class:`~visionops.serve_model.ModelHolder`. Every failure a client can
+cause is an HTTP status with a one-line ``detail``; nothing a request sends can stop the process.
+Interactive API docs are off: Swagger UI would load its JavaScript from a CDN (offline here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.requests import ClientDisconnect
+
+from visionops.images import DEFAULT_MAX_PIXELS
+from visionops.inference import Predictor
+from visionops.serve_batching import BatchRunner, DirectRunner, Expired
+from visionops.serve_model import ModelHolder
+from visionops.serve_uploads import UploadRejected, read_uploads
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "VISIONOPS_TOKEN"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Limits and knobs of one running service (built from ``config.serve`` by ``serve.py``)."""
+
+    max_upload_mb: float = 10
+    max_files: int = 16
+    timeout_seconds: float = 30
+    poll_seconds: float = 30
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    token: str | None = None  # bearer token required on /predict when set
+    infer_workers: int = 2  # threads calling the shared session; see docs/BENCHMARKS.md
+    micro_batch: bool = False  # merge queued requests into one session run (BatchRunner)
+    max_batch: int = 32  # images per merged run
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+
+def _error(status: int, detail: str, **extra) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"detail": detail, **extra}, status_code=status, headers=headers)
+
+
+def _model_name(predictor: Predictor) -> str:
+    """The registered name, or the file's stem for a plain ``.onnx``."""
+    return predictor.model_name or Path(predictor.model_path).stem
+
+
+def _model_info(predictor: Predictor) -> dict:
+    return {
+        "name": _model_name(predictor),
+        "version": predictor.model_version,
+        "source": predictor.source,
+    }
+
+
+def _page() -> str:
+    return resources.files("visionops").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> FastAPI:
+    """The FastAPI app serving ``holder``'s model; polls the registry while it runs (lifespan)."""
+    settings = settings or ServeSettings()
+    if settings.micro_batch:
+        runner = BatchRunner(
+            lambda: holder.current, settings.infer_workers, settings.max_pixels, settings.max_batch
+        )
+    else:
+        runner = DirectRunner(lambda: holder.current, settings.infer_workers, settings.max_pixels)
+    page = _page()
+    started = time.time()
+
+    async def poll_registry() -> None:
+        while True:
+            await asyncio.sleep(settings.poll_seconds)
+            await asyncio.get_running_loop().run_in_executor(None, holder.refresh)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        poller = asyncio.create_task(poll_registry()) if holder.follows_alias else None
+        try:
+            yield
+        finally:
+            if poller:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            runner.close()
+
+    app = FastAPI(
+        title="VisionOps classifier",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="POST images to /predict; /health and /metadata describe the model.",
+    )
+    app.state.holder = holder
+    app.state.settings = settings
+
+    def authorized(request: Request) -> bool:
+        if not settings.token:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), settings.token.encode()
+        )
+
+    @app.post("/predict")
+    async def predict(
+        request: Request,
+        top_k: int = Query(3, ge=1, le=1000, description="labels returned per image"),
+    ) -> JSONResponse:
+        """Classify the uploaded images (multipart field ``files``; several allowed).
+
+        200 when at least one image was classified (bad files carry their own ``error``/``status``);
+        when every file is refused, the first file's status (415 not an image, 422 unusable).
+        """
+        t0 = time.perf_counter()
+        if not authorized(request):
+            return _error(401, f"missing or wrong bearer token (set by {TOKEN_ENV} on the server)")
+        deadline = time.monotonic() + settings.timeout_seconds
+        try:
+            async with asyncio.timeout(settings.timeout_seconds):
+                uploads = await read_uploads(
+                    request, settings.max_bytes, settings.max_files, settings.max_upload_mb
+                )
+                predictor, rows = await runner.run(uploads, top_k, deadline)
+        except UploadRejected as exc:
+            return _error(exc.status, exc.detail)
+        except (TimeoutError, Expired):
+            return _error(
+                504,
+                f"request took longer than {settings.timeout_seconds:g} s "
+                "(serve.timeout_seconds); retry, or send fewer images",
+            )
+        except ClientDisconnect:
+            return _error(400, "client disconnected before the upload finished")
+        except Exception as exc:  # noqa: BLE001 - never let one request take the service down
+            log.exception("predict failed")
+            return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+        body = {
+            "model": _model_info(predictor),
+            "latency_ms": round((time.perf_counter() - t0) * 1000, 2),
+            "predictions": rows,
+        }
+        if all(r["status"] != 200 for r in rows):
+            first = rows[0]
+            return _error(first["status"], f"{first['filename']}: {first['error']}", **body)
+        return JSONResponse(body)
+
+    @app.get("/health")
+    async def health() -> dict:
+        """Liveness plus what is served: model, version, execution provider."""
+        p = holder.current
+        return {
+            "status": "ok",
+            "model": _model_name(p),
+            "version": p.model_version,
+            "source": holder.model,
+            "loaded": p.source,
+            "provider": p.provider,
+            "loaded_at": holder.loaded_at,
+            "follows_alias": holder.follows_alias,
+            "last_registry_check": holder.last_check,
+            "reload_error": holder.last_error,
+            "uptime_s": round(time.time() - started, 1),
+        }
+
+    @app.get("/metadata")
+    async def metadata() -> dict:
+        """Labels, input size and the limits a client must respect."""
+        p = holder.current
+        return {
+            **_model_info(p),
+            "labels": list(p.labels),
+            "num_classes": len(p.labels),
+            "input": {"name": p.input_name, **p.spec.to_dict()},
+            "backbone": p.metadata.get("visionops.backbone"),
+            "limits": {
+                "max_upload_mb": settings.max_upload_mb,
+                "max_files": settings.max_files,
+                "max_pixels": settings.max_pixels,
+                "timeout_seconds": settings.timeout_seconds,
+            },
+            "auth_required": bool(settings.token),
+        }
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    return app
