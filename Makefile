@@ -79,5 +79,8 @@ pipeline: $(STAMP) data/ ## run the Prefect flow once now (ARGS="--force --set t
 	else echo "no Prefect server at $(PREFECT_API): using a temporary one (start make ui to keep the history)"; fi; \
 	VISIONOPS_MLFLOW_UI=http://127.0.0.1:$(MLFLOW_PORT) $(BIN)/python flows/pipeline.py $(ARGS)
 
+serve: $(STAMP) ## serve models:/visionops-classifier@champion on http://127.0.0.1:8000 (upload page at /)
+	$(BIN)/visionops serve
+
 clean: ## remove artifacts/ and caches (never data/ or mlruns/)
 	rm -rf artifacts .cache .pytest_cache .ruff_cache

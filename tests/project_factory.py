@@ -31,10 +31,17 @@ TINY_PARAMS = {
     "validate.min_side": 16,
 }
 
-COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200), "gold": (220, 180, 40)}
+COLOURS = {
+    "red": (200, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 60, 200),
+    "gold": (220, 180, 40),
+}
 
 
-def write_class_images(folder: Path, label: str, count: int, size: int = 48, start: int = 0) -> list[Path]:
+def write_class_images(
+    folder: Path, label: str, count: int, size: int = 48, start: int = 0
+) -> list[Path]:
     """``count`` distinct JPEGs of one colour family (noise makes every file's hash unique)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(abs(hash((label, start))) % 2**32)
@@ -53,15 +60,22 @@ def project_env(root: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
-    env.update({"DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"})
+    env.update(
+        {"DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    )
     return env
 
 
-def run(cmd: list[str], root: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=root, env=project_env(root), capture_output=True, text=True,
-                          timeout=timeout)
+def run(
+    cmd: list[str], root: Path, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        cmd, cwd=root, env=project_env(root), capture_output=True, text=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
@@ -90,8 +104,11 @@ def make_project(
     (root / ".gitignore").write_text("/data/\n/artifacts/\n/mlruns/\n/.cache/\n/dvc-storage/\n")
     # dvc.yaml lists src/visionops/... files as deps: link the package source in.
     (root / "src").mkdir(exist_ok=True)
-    shutil.copytree(REPO_ROOT / "src" / "visionops", root / "src" / "visionops",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        REPO_ROOT / "src" / "visionops",
+        root / "src" / "visionops",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
     set_params(root, {**TINY_PARAMS, **(overrides or {})})
     for label in classes:
         write_class_images(root / "data" / label, label, per_class)

@@ -1,6 +1,7 @@
 """Build the bundled demo sample from clothing-small: N images per class, short side downsized.
 
-    python tools/make_sample.py ../shared/datasets/clothing-small sample/clothing-mini --per-class 25
+    python tools/make_sample.py ../shared/datasets/clothing-small sample/clothing-mini \
+        --per-class 30 --short-side 144 --quality 82
 
 Deterministic: images are taken in sorted-name order from train/ then validation/.
 """
@@ -27,8 +28,10 @@ def build_sample(source: Path, target: Path, per_class: int, short_side: int, qu
                 img = img.convert("RGB")
                 scale = short_side / min(img.size)
                 if scale < 1:
-                    img = img.resize((round(img.width * scale), round(img.height * scale)),
-                                     Image.Resampling.LANCZOS)
+                    img = img.resize(
+                        (round(img.width * scale), round(img.height * scale)),
+                        Image.Resampling.LANCZOS,
+                    )
                 img.save(out_dir / path.name, "JPEG", quality=quality, optimize=True)
             count += 1
     shutil.copy(source / "LICENSE", target.parent / "LICENSE")

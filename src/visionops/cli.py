@@ -52,7 +52,9 @@ def _run_stage(module: str, **kwargs: Any) -> Callable[[argparse.Namespace], Any
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
         help="override a param for this run, e.g. --set train.head_epochs=1 (repeatable)",
     )
 
@@ -75,13 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         _add_common(p)
         if name == "train":
-            p.add_argument("--overfit-batch", action="store_true",
-                           help="drive one batch to ~100%% train accuracy (proves the setup learns)")
+            p.add_argument(
+                "--overfit-batch",
+                action="store_true",
+                help="drive one batch to ~100%% train accuracy (proves the setup learns)",
+            )
             p.set_defaults(func=_run_stage("train", overfit_batch="overfit_batch"))
         else:
             p.set_defaults(func=_run_stage(name))
 
-    p = sub.add_parser("lr-find", help="sweep the learning rate; write a loss-vs-LR plot and a suggestion")
+    p = sub.add_parser(
+        "lr-find", help="sweep the learning rate; write a loss-vs-LR plot and a suggestion"
+    )
     _add_common(p)
     p.set_defaults(func=_run_stage("lr_find"))
 
@@ -98,14 +105,18 @@ def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ URIs")
     p.set_defaults(func=lambda a: import_module("visionops.predict_cli").predict(a))
 
-    p = sub.add_parser("evaluate-folder",
-                       help="accuracy and macro-F1 of a model on any labeled folder (ImageFolder)")
+    p = sub.add_parser(
+        "evaluate-folder",
+        help="accuracy and macro-F1 of a model on any labeled folder (ImageFolder)",
+    )
     p.add_argument("model")
     p.add_argument("folder")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=lambda a: import_module("visionops.predict_cli").evaluate_folder(a))
 
-    p = sub.add_parser("lineage", help="commit, data version, params, metrics and run of a model version")
+    p = sub.add_parser(
+        "lineage", help="commit, data version, params, metrics and run of a model version"
+    )
     p.add_argument("model", help="models:/<name>@<alias> or models:/<name>/<version>")
     p.add_argument("--tracking-uri", default=None)
     p.set_defaults(func=lambda a: import_module("visionops.lineage").show(a))

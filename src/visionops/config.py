@@ -107,6 +107,8 @@ class TrainParams(_Section):
     imbalance: Literal["auto", "none", "weighted_loss", "weighted_sampler"] = "auto"
     imbalance_ratio: Annotated[float, Field(ge=1.0)] = 3.0
     early_stopping_patience: Annotated[int, Field(ge=0)] = 3
+    feature_views: Annotated[int, Field(ge=0)] = 8
+    feature_engine: Literal["auto", "torch", "onnxruntime"] = "auto"
     amp: bool = True
     channels_last: bool = True
     resume: bool = True
@@ -226,9 +228,11 @@ def _describe(error: dict[str, Any], source: str) -> str:
         for part in section.split(".") if section else []:
             fields = model.model_fields
             model = (fields.get(part) or fields[f"{part}_"]).annotation
-        known = sorted(
-            (f.alias or n) for n, f in model.model_fields.items() if n != "root"
-        ) if isinstance(model, type) and issubclass(model, BaseModel) else []
+        known = (
+            sorted((f.alias or n) for n, f in model.model_fields.items() if n != "root")
+            if isinstance(model, type) and issubclass(model, BaseModel)
+            else []
+        )
         hint = f"; known keys{' in ' + section if section else ''}: {', '.join(known)}"
         return f"{source}: unknown key '{loc}'{hint}"
     message = error["msg"].removeprefix("Value error, ")
@@ -239,7 +243,9 @@ def _describe(error: dict[str, Any], source: str) -> str:
     return f"{source}: {loc or 'params'}: {message}{shown}"
 
 
-def build_config(raw: dict[str, Any] | None, root: Path | str = ".", source: str = "params") -> Config:
+def build_config(
+    raw: dict[str, Any] | None, root: Path | str = ".", source: str = "params"
+) -> Config:
     """Validate a params mapping; raise ConfigError with one line per problem (first shown)."""
     raw = dict(raw or {})
     try:
@@ -250,22 +256,24 @@ def build_config(raw: dict[str, Any] | None, root: Path | str = ".", source: str
         raise ConfigError(lines[0] + more) from None
 
 
-def load_config(path: Path | str = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: Path | str = DEFAULT_PARAMS, overrides: dict[str, Any] | None = None
+) -> Config:
     """Read ``params.yaml`` (relative paths inside resolve against its folder).
 
     ``overrides`` maps dotted keys (``train.batch_size``) to values, applied before validation.
     """
     path = Path(path)
     if not path.exists():
-        raise ConfigError(
-            f"{path}: not found; run from the project folder or pass --params PATH"
-        )
+        raise ConfigError(f"{path}: not found; run from the project folder or pass --params PATH")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(
+            f"{path}:{where} is not valid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a mapping of sections (base:, validate:, ...)")
     for dotted, value in (overrides or {}).items():

@@ -40,8 +40,10 @@ def main() -> int:
         print(f"  {name:<30} {path.relative_to(cfg.root)}{mark}")
     if p.evaluate_metrics.exists():
         metrics = json.loads(p.evaluate_metrics.read_text())
-        print(f"  test accuracy {metrics.get('accuracy', float('nan')):.3f}, "
-              f"macro-F1 {metrics.get('macro_f1', float('nan')):.3f}")
+        print(
+            f"  test accuracy {metrics.get('accuracy', float('nan')):.3f}, "
+            f"macro-F1 {metrics.get('macro_f1', float('nan')):.3f}"
+        )
     uri = tracking_uri(cfg)
     model = f"models:/{cfg.register.model_name}@champion"
     image = _first_test_image(cfg)
@@ -51,14 +53,18 @@ def main() -> int:
 
             predictor = Predictor(model, tracking_uri=uri)
             pred = predictor.predict([image], top_k=3)[0]
-            print(f"\nPrediction from {model} (version {predictor.model_version}, "
-                  f"{predictor.provider}) for {image.relative_to(cfg.root)}:")
+            print(
+                f"\nPrediction from {model} (version {predictor.model_version}, "
+                f"{predictor.provider}) for {image.relative_to(cfg.root)}:"
+            )
             for label, prob in pred.top_k:
                 print(f"  {label:<12} {prob:6.1%}")
         except VisionOpsError as exc:
             print(f"could not predict with {model}: {exc}", file=sys.stderr)
-    print("\nNext: `make ui` opens the MLflow and Prefect UIs; "
-          f"`visionops predict {model} <image>` classifies your own photos.")
+    print(
+        "\nNext: `make ui` opens the MLflow and Prefect UIs; "
+        f"`visionops predict {model} <image>` classifies your own photos."
+    )
     return 0
 
 

@@ -79,9 +79,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(
-    source: Path | str | bytes, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Image.Image:
+def open_image(source: Path | str | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode a file (or bytes) to an upright RGB image.
 
     EXIF orientation is applied. Images whose header claims more than ``max_pixels`` are refused
@@ -94,9 +92,7 @@ def open_image(
             with Image.open(data) as img:
                 width, height = img.size
                 if width * height > max_pixels:
-                    raise ImageLoadError(
-                        f"{width}x{height} is over the {max_pixels:,}-pixel limit"
-                    )
+                    raise ImageLoadError(f"{width}x{height} is over the {max_pixels:,}-pixel limit")
                 img.load()
                 img = ImageOps.exif_transpose(img) or img
                 return to_rgb(img)
@@ -115,10 +111,7 @@ def resize_short_side(img: Image.Image, size: int, interpolation: str = "bilinea
     w, h = img.size
     if min(w, h) == size:
         return img
-    if w <= h:
-        new = (size, max(1, round(h * size / w)))
-    else:
-        new = (max(1, round(w * size / h)), size)
+    new = (size, max(1, round(h * size / w))) if w <= h else (max(1, round(w * size / h)), size)
     return img.resize(new, _RESAMPLE[interpolation])
 
 

@@ -37,4 +37,8 @@ def parse_metadata(props: dict[str, str]) -> tuple[list[str], PreprocessSpec, di
     missing = [k for k in (CLASS_NAMES, PREPROCESS) if k not in props]
     if missing:
         raise KeyError(f"ONNX metadata lacks {', '.join(missing)} (not exported by visionops?)")
-    return json.loads(props[CLASS_NAMES]), PreprocessSpec.from_dict(json.loads(props[PREPROCESS])), props
+    return (
+        json.loads(props[CLASS_NAMES]),
+        PreprocessSpec.from_dict(json.loads(props[PREPROCESS])),
+        props,
+    )

@@ -1,7 +1,8 @@
 """Where each stage writes its outputs, declared once.
 
-``dvc.yaml`` names the same files (through ``${base.artifacts_dir}``); ``tests/unit/test_dvc_yaml.py``
-checks that the two agree, so a stage and its DVC declaration cannot drift apart.
+``dvc.yaml`` names the same files (through ``${base.artifacts_dir}``);
+``tests/unit/test_dvc_yaml.py`` checks that the two agree, so a stage and its DVC
+declaration cannot drift apart.
 """
 
 from __future__ import annotations

@@ -22,9 +22,18 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_stage_leaves_its_outputs(reproduced: Path) -> None:
     art = reproduced / "artifacts"
-    for rel in ("validate/report.json", "validate/manifest.csv", "split/train.csv",
-                "split/test.csv", "split/counts.json", "train/best.pt", "train/history.csv",
-                "evaluate/metrics.json", "export/model.onnx", "register/decision.json"):
+    for rel in (
+        "validate/report.json",
+        "validate/manifest.csv",
+        "split/train.csv",
+        "split/test.csv",
+        "split/counts.json",
+        "train/best.pt",
+        "train/history.csv",
+        "evaluate/metrics.json",
+        "export/model.onnx",
+        "register/decision.json",
+    ):
         assert (art / rel).is_file(), rel
     metrics = json.loads((art / "evaluate" / "metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0 and "macro_f1" in metrics

@@ -31,14 +31,27 @@ def test_every_stage_path_is_declared_in_dvc_yaml(repo_root: Path) -> None:
     cfg = load_config(repo_root / "params.yaml")
     p = stage_paths(cfg)
     expected = [
-        p.manifest, p.validation_report, p.validation_summary, p.split_counts,
-        *(p.split_file(s) for s in SPLITS), p.checkpoint_best, p.train_metrics,
-        p.train_history, p.train_run, p.train_plots, p.evaluate_metrics, p.onnx_model,
-        p.export_report, p.register_decision,
+        p.manifest,
+        p.validation_report,
+        p.validation_summary,
+        p.split_counts,
+        *(p.split_file(s) for s in SPLITS),
+        p.checkpoint_best,
+        p.train_metrics,
+        p.train_history,
+        p.train_run,
+        p.train_plots,
+        p.evaluate_metrics,
+        p.onnx_model,
+        p.export_report,
+        p.register_decision,
     ]
     declared = _declared(repo_root)
-    missing = [str(x.relative_to(repo_root)) for x in expected
-               if str(x.relative_to(repo_root)) not in declared]
+    missing = [
+        str(x.relative_to(repo_root))
+        for x in expected
+        if str(x.relative_to(repo_root)) not in declared
+    ]
     assert not missing, f"not declared in dvc.yaml: {missing}"
 
 
