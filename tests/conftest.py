@@ -17,7 +17,10 @@ apply_offline_env()
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Keep MLflow and Prefect state out of the repo and the home folder."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI; setenv first so monkeypatch
+    # records the variable and removes whatever a test left behind at teardown.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     home = tmp_path_factory.getbasetemp() / "prefect-home"
     monkeypatch.setenv("PREFECT_HOME", os.environ.get("VISIONOPS_TEST_PREFECT_HOME", str(home)))
     yield

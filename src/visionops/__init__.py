@@ -1,2 +1,3 @@
 """VisionOps: labeled images in, registered ONNX classifier out."""
+
 __version__ = "0.1.0"

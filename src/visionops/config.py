@@ -107,6 +107,7 @@ class TrainParams(_Section):
     imbalance: Literal["auto", "none", "weighted_loss", "weighted_sampler"] = "auto"
     imbalance_ratio: Annotated[float, Field(ge=1.0)] = 3.0
     early_stopping_patience: Annotated[int, Field(ge=0)] = 3
+    freeze_bn: bool = True
     feature_views: Annotated[int, Field(ge=0)] = 8
     feature_engine: Literal["auto", "torch", "onnxruntime"] = "auto"
     amp: bool = True

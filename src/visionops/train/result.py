@@ -1,0 +1,85 @@
+"""Plain records of a training run: the phases, the resumable trainer state, the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # head | finetune
+    epochs: int
+    lr: float
+    first_unit: int  # first trainable backbone unit; len(body) = head only
+
+
+@dataclass
+class TrainerState:
+    """Saved in ``last.pt`` under ``trainer``: where to pick up after a crash."""
+
+    phase_index: int = 0
+    phase_epoch: int = 0  # epochs completed in the current phase
+    phase_done: bool = False  # early-stopped
+    epoch: int = 0  # epochs completed overall
+    best_score: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    run_id: str | None = None
+
+
+@dataclass
+class TrainResult:
+    class_names: list[str]
+    best_epoch: int
+    epochs: int
+    selection_metric: str
+    val_accuracy: float
+    val_macro_f1: float
+    val_loss: float
+    seconds: float
+    run_id: str | None
+    resumed_from: int | None
+    imbalance: str
+    device: str
+    checkpoint: Path
+
+    def metrics(self) -> dict[str, float | int]:
+        """The DVC metrics file (numbers only)."""
+        return {
+            "val_accuracy": round(self.val_accuracy, 6),
+            "val_macro_f1": round(self.val_macro_f1, 6),
+            "val_loss": round(self.val_loss, 6),
+            "best_epoch": self.best_epoch,
+            "epochs": self.epochs,
+            "seconds": round(self.seconds, 1),
+        }
+
+    def summary(self) -> str:
+        resumed = f", resumed after epoch {self.resumed_from}" if self.resumed_from else ""
+        return "\n".join([
+            f"train: best epoch {self.best_epoch}/{self.epochs}: val accuracy "
+            f"{self.val_accuracy:.4f}, macro-F1 {self.val_macro_f1:.4f} "
+            f"(selected on {self.selection_metric}; {self.imbalance})",
+            f"  {self.seconds:.0f} s on {self.device}{resumed}",
+            f"  checkpoint: {self.checkpoint}",
+            f"  MLflow run: {self.run_id}",
+        ])
+
+
+@dataclass
+class OverfitResult:
+    steps: int
+    accuracy: float
+    loss: float
+    images: int
+    seconds: float
+
+    def summary(self) -> str:
+        verdict = "the setup learns" if self.accuracy >= 0.999 else "NOT memorised: check the setup"
+        return (
+            f"overfit-batch: {self.images} images, train accuracy {self.accuracy:.3f}, loss "
+            f"{self.loss:.4f} after {self.steps} steps ({self.seconds:.0f} s): {verdict}"
+        )

@@ -1,0 +1,85 @@
+"""One MLflow run per training (resumed runs continue it), plus the stage's files.
+
+Rank 0 only: other ranks get a tracker that does nothing. The run carries every resolved param
+(``Config.as_flat_dict()`` plus ``resolved.*``: device, imbalance mode, ...), the lineage tags
+(git commit, data version, params hash), per-epoch metrics (step = epoch), the learning curves
+PNG, the history CSV and the best checkpoint. ``artifacts/train/run.json`` tells later stages
+which run to log into.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from visionops.config import Config
+from visionops.io import write_json
+from visionops.paths import stage_paths
+from visionops.tracking import lineage_tags, setup_tracking, tracking_uri
+from visionops.train.report import curves_png, log_epoch, write_history
+from visionops.train.result import TrainResult
+
+log = logging.getLogger(__name__)
+
+
+class TrainTracker:
+    def __init__(self, config: Config, enabled: bool) -> None:
+        self.config = config
+        self.enabled = enabled
+        self.experiment_id: str | None = None
+        self.run_id: str | None = None
+
+    def start(
+        self, run_id: str | None, extra_params: dict[str, Any], resumed_from: int | None
+    ) -> str | None:
+        """Open (or reopen, when resuming) the run; returns its id."""
+        if not self.enabled:
+            return run_id
+        import mlflow
+
+        self.experiment_id = setup_tracking(self.config)
+        if run_id is not None:
+            run = mlflow.start_run(run_id=run_id)
+            mlflow.set_tag("resumed_after_epoch", str(resumed_from))
+        else:
+            run = mlflow.start_run(run_name=f"train-{self.config.model.backbone}")
+            mlflow.log_params({**self.config.as_flat_dict(), **extra_params})
+            mlflow.set_tags({**lineage_tags(self.config), "stage": "train"})
+        self.run_id = run.info.run_id
+        log.info("MLflow run %s (%s)", self.run_id, tracking_uri(self.config))
+        return self.run_id
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        if self.enabled:
+            log_epoch(row)
+
+    def finish(self, history: list[dict[str, Any]], result: TrainResult) -> None:
+        """Write the stage's files (DVC outs) and close the run with them attached."""
+        paths = stage_paths(self.config)
+        write_history(paths.train_history, history)
+        curves_png(paths.train_plots, history, result.best_epoch, result.selection_metric)
+        write_json(paths.train_metrics, result.metrics())
+        write_json(paths.train_run, {
+            "run_id": self.run_id, "tracking_uri": tracking_uri(self.config),
+            "experiment_id": self.experiment_id,
+        })
+        if not self.enabled:
+            return
+        import mlflow
+
+        mlflow.log_metrics({f"best_{k}": float(v) for k, v in result.metrics().items()})
+        mlflow.set_tags({"selection_metric": result.selection_metric, "best_epoch": result.best_epoch})
+        for path in (paths.train_plots, paths.train_history, paths.train_metrics):
+            mlflow.log_artifact(str(path), artifact_path="train")
+        mlflow.log_artifact(str(paths.checkpoint_best), artifact_path="checkpoint")
+        mlflow.end_run()
+
+    def fail(self, exc: BaseException) -> None:
+        """Close the run as FAILED (KILLED on Ctrl-C); a resume reopens it."""
+        if not self.enabled:
+            return
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            mlflow.end_run(status=status)
