@@ -82,5 +82,9 @@ pipeline: $(STAMP) data/ ## run the Prefect flow once now (ARGS="--force --set t
 serve: $(STAMP) ## serve models:/visionops-classifier@champion on http://127.0.0.1:8000 (upload page at /)
 	$(BIN)/visionops serve
 
+BENCH_DATA ?= ../shared/datasets/clothing-small
+bench: $(STAMP) ## measured benchmarks, recorded in docs/BENCHMARKS.md (BENCH_DATA=<dataset>)
+	$(BIN)/python benchmarks/bench_train.py --data $(BENCH_DATA)/train --images 256
+
 clean: ## remove artifacts/ and caches (never data/ or mlruns/)
 	rm -rf artifacts .cache .pytest_cache .ruff_cache

@@ -46,15 +46,22 @@ from visionops.train.trainer import finetune_cut
 RESULTS = Path(__file__).parent / "results" / "bench_train.json"
 
 
-def naive_epoch(model, first_unit: int, folder: Path, indices: list[int], spec, batch: int,
-                lr: float) -> float:
+def naive_epoch(
+    model, first_unit: int, folder: Path, indices: list[int], spec, batch: int, lr: float
+) -> float:
     """Seconds for one epoch the ImageFolder way (decode + augment + frozen forward, every time)."""
-    transform = v2.Compose([
-        v2.PILToTensor(), v2.RandomResizedCrop(spec.image_size, scale=(0.6, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(spec.mean, spec.std),
-    ])
-    dataset = torch.utils.data.Subset(datasets.ImageFolder(str(folder), transform=transform), indices)
+    transform = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.RandomResizedCrop(spec.image_size, scale=(0.6, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(spec.mean, spec.std),
+        ]
+    )
+    dataset = torch.utils.data.Subset(
+        datasets.ImageFolder(str(folder), transform=transform), indices
+    )
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=0)
     params = set_trainable(model, first_unit)
     optimizer = torch.optim.AdamW(params, lr=lr)
@@ -78,8 +85,9 @@ def naive_epoch(model, first_unit: int, folder: Path, indices: list[int], spec, 
     return time.perf_counter() - started
 
 
-def cached_epoch(model, store, first_unit: int, labels: np.ndarray, batch: int, lr: float,
-                 runtime, seed: int) -> float:
+def cached_epoch(
+    model, store, first_unit: int, labels: np.ndarray, batch: int, lr: float, runtime, seed: int
+) -> float:
     head_only = first_unit >= len(model.body)
     arrays = store.train_pooled if head_only else store.train_acts
     source = ArraySource(arrays, labels, None if head_only else first_unit, batch, seed, runtime)
@@ -87,8 +95,18 @@ def cached_epoch(model, store, first_unit: int, labels: np.ndarray, batch: int, 
     optimizer = torch.optim.AdamW(params, lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(source.steps(), 0))
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
-    stats = train_epoch(model, Entry(model, source.start), source, first_unit, optimizer,
-                        scheduler, criterion, runtime, 1, "cached")
+    stats = train_epoch(
+        model,
+        Entry(model, source.start),
+        source,
+        first_unit,
+        optimizer,
+        scheduler,
+        criterion,
+        runtime,
+        1,
+        "cached",
+    )
     return stats.seconds
 
 
@@ -115,10 +133,12 @@ def main() -> None:
     n_classes = len(folder_ds.classes)
 
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
-        bench_config = config.model_copy(update={"base": config.base.model_copy(
-            update={"cache_dir": Path(tmp)})})
-        model = create_model(m.backbone, n_classes, m.pretrained, m.dense_units, m.dropout,
-                             m.image_size).to(memory_format=torch.channels_last)
+        bench_config = config.model_copy(
+            update={"base": config.base.model_copy(update={"cache_dir": Path(tmp)})}
+        )
+        model = create_model(
+            m.backbone, n_classes, m.pretrained, m.dense_units, m.dropout, m.image_size
+        ).to(memory_format=torch.channels_last)
         n_units = len(model.body)
         cut = finetune_cut(t.finetune_blocks, n_units)
         cache = ImageCache(Path(tmp), m.resize, spec.interpolation)
@@ -129,26 +149,41 @@ def main() -> None:
         store = load_or_compute(bench_config, model, cut, cache, subset, subset, spec, runtime)
         features_s = time.perf_counter() - started
 
-        results = {"images": len(paths), "backbone": m.backbone, "image_size": m.image_size,
-                   "feature_views": t.feature_views, "first_finetuned_unit": cut,
-                   "one_time_decode_s": round(decode_s, 1),
-                   "one_time_features_s": round(features_s, 1),
-                   "load_average": os.getloadavg()[0], "phases": {}}
-        for phase, first_unit, lr in (("head", n_units, t.head_lr),
-                                      ("finetune", cut, t.finetune_lr)):
+        results = {
+            "images": len(paths),
+            "backbone": m.backbone,
+            "image_size": m.image_size,
+            "feature_views": t.feature_views,
+            "first_finetuned_unit": cut,
+            "one_time_decode_s": round(decode_s, 1),
+            "one_time_features_s": round(features_s, 1),
+            "load_average": os.getloadavg()[0],
+            "phases": {},
+        }
+        for phase, first_unit, lr in (
+            ("head", n_units, t.head_lr),
+            ("finetune", cut, t.finetune_lr),
+        ):
             naive = naive_epoch(model, first_unit, args.data, indices, spec, t.batch_size, lr)
-            cached = cached_epoch(model, store, first_unit, labels, t.batch_size, lr, runtime,
-                                  config.base.seed)
+            cached = cached_epoch(
+                model, store, first_unit, labels, t.batch_size, lr, runtime, config.base.seed
+            )
             results["phases"][phase] = {
-                "naive_epoch_s": round(naive, 2), "cached_epoch_s": round(cached, 2),
+                "naive_epoch_s": round(naive, 2),
+                "cached_epoch_s": round(cached, 2),
                 "speedup": round(naive / cached, 1),
                 "naive_img_s": round(len(paths) / naive, 1),
                 "cached_img_s": round(len(paths) / cached, 1),
             }
-            print(f"{phase:<8} naive {naive:7.1f} s/epoch  visionops {cached:7.1f} s/epoch  "
-                  f"-> {naive / cached:.1f}x", flush=True)
-    print(f"one-time: decode {decode_s:.1f} s, frozen features ({t.feature_views} views) "
-          f"{features_s:.1f} s for {len(paths)} images")
+            print(
+                f"{phase:<8} naive {naive:7.1f} s/epoch  visionops {cached:7.1f} s/epoch  "
+                f"-> {naive / cached:.1f}x",
+                flush=True,
+            )
+    print(
+        f"one-time: decode {decode_s:.1f} s, frozen features ({t.feature_views} views) "
+        f"{features_s:.1f} s for {len(paths)} images"
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")

@@ -106,6 +106,7 @@ class TrainParams(_Section):
     augment: AugmentParams = Field(default_factory=AugmentParams)
     imbalance: Literal["auto", "none", "weighted_loss", "weighted_sampler"] = "auto"
     imbalance_ratio: Annotated[float, Field(ge=1.0)] = 3.0
+    imbalance_power: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     early_stopping_patience: Annotated[int, Field(ge=0)] = 3
     freeze_bn: bool = True
     feature_views: Annotated[int, Field(ge=0)] = 8

@@ -4,9 +4,9 @@ The seeds' learning-rate range test (Smith 2015, fastai's ``lr_find``): train th
 the frozen backbone's pooled features while the learning rate grows exponentially from
 ``START_LR`` to ``END_LR``; record the (smoothed) loss at each step; stop when it diverges. The
 suggestion is the LR of the steepest descent of the smoothed loss before its minimum (or a tenth
-of the LR at the minimum, fastai's older rule, when the minimum comes almost at once). It uses the same cached features as
-``visionops train`` (so a following training run reuses them); nothing else is written except
-``artifacts/lr_find/lr_find.png`` and ``lr_find.json``.
+of the LR at the minimum, fastai's older rule, when the minimum comes almost at once). It uses
+the same cached features as ``visionops train`` (so a following training run reuses them);
+nothing else is written except ``artifacts/lr_find/lr_find.png`` and ``lr_find.json``.
 """
 
 from __future__ import annotations
@@ -61,24 +61,39 @@ def run(config: Config) -> LrFindResult:
         spec = preprocess_spec(m.backbone, m.image_size, m.resize)
         cache = ImageCache(config.cache_dir, m.resize, spec.interpolation)
         cache.fill(train.paths + val.paths, train.sha256 + val.sha256, config.base.workers)
-        model = create_model(m.backbone, len(class_names), m.pretrained, m.dense_units,
-                             m.dropout, m.image_size)
+        model = create_model(
+            m.backbone, len(class_names), m.pretrained, m.dense_units, m.dropout, m.image_size
+        )
         cut = _cut(config, len(model.body))
         store = load_or_compute(config, model, cut, cache, train, val, spec, runtime)
         imbalance = resolve_imbalance(t, train.labels, len(class_names))
-        weight = None if imbalance.class_weights is None else torch.from_numpy(imbalance.class_weights)
-        lrs, losses = sweep(model.head, store.train_pooled, train.labels, t.batch_size,
-                            nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing),
-                            t.weight_decay, config.base.seed)
+        weight = (
+            None if imbalance.class_weights is None else torch.from_numpy(imbalance.class_weights)
+        )
+        lrs, losses = sweep(
+            model.head,
+            store.train_pooled,
+            train.labels,
+            t.batch_size,
+            nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing),
+            t.weight_decay,
+            config.base.seed,
+        )
     finally:
         shutdown(runtime)
     suggested, min_lr = suggest(lrs, losses)
     folder = config.artifacts_dir / "lr_find"
     plot = _plot(folder / "lr_find.png", lrs, losses, suggested)
-    report = write_json(folder / "lr_find.json", {
-        "suggested_lr": suggested, "min_loss_lr": min_lr, "configured_head_lr": t.head_lr,
-        "lrs": [float(v) for v in lrs], "losses": [float(v) for v in losses],
-    })
+    report = write_json(
+        folder / "lr_find.json",
+        {
+            "suggested_lr": suggested,
+            "min_loss_lr": min_lr,
+            "configured_head_lr": t.head_lr,
+            "lrs": [float(v) for v in lrs],
+            "losses": [float(v) for v in losses],
+        },
+    )
     return LrFindResult(suggested, min_lr, plot, report, t.head_lr)
 
 
@@ -91,8 +106,14 @@ def _cut(config: Config, n_units: int) -> int:
 
 
 def sweep(
-    head: nn.Module, features: np.ndarray, labels: np.ndarray, batch_size: int,
-    criterion: nn.Module, weight_decay: float, seed: int, steps: int = STEPS,
+    head: nn.Module,
+    features: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    criterion: nn.Module,
+    weight_decay: float,
+    seed: int,
+    steps: int = STEPS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(learning rates, smoothed losses) up to divergence (loss > 4x the best)."""
     rng = np.random.default_rng(seed)
@@ -142,4 +163,6 @@ def _plot(path: Path, lrs: np.ndarray, losses: np.ndarray, suggested: float) -> 
     ax.set_title("learning-rate range test")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    return write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    return write_with(
+        path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    )

@@ -38,8 +38,16 @@ def test_separable_toy_set_is_learned_and_tracked(toy_project) -> None:
 
     rows = list(csv.DictReader(paths.train_history.open()))
     assert [r["phase"] for r in rows] == ["head", "finetune", "finetune"]
-    assert {"epoch", "train_loss", "val_loss", "train_acc", "val_acc", "val_macro_f1", "lr",
-            "images_per_s"} <= set(rows[0])
+    assert {
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "train_acc",
+        "val_acc",
+        "val_macro_f1",
+        "lr",
+        "images_per_s",
+    } <= set(rows[0])
     metrics = json.loads(paths.train_metrics.read_text())
     assert metrics["val_accuracy"] == pytest.approx(result.val_accuracy, abs=1e-6)
     assert paths.train_plots.read_bytes()[:4] == b"\x89PNG"
@@ -55,8 +63,12 @@ def test_separable_toy_set_is_learned_and_tracked(toy_project) -> None:
         run.info.run_id, "val_acc"
     )
     assert [m.step for m in history] == [1, 2, 3]
-    artifacts = {a.path for a in mlflow.MlflowClient(run_info["tracking_uri"]).list_artifacts(
-        run.info.run_id, "checkpoint")}
+    artifacts = {
+        a.path
+        for a in mlflow.MlflowClient(run_info["tracking_uri"]).list_artifacts(
+            run.info.run_id, "checkpoint"
+        )
+    }
     assert "checkpoint/best.pt" in artifacts
     # the resume state is gone once the run is complete
     assert not list((config.cache_dir / "checkpoints").glob("*/last.pt"))

@@ -16,15 +16,39 @@ pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 
 def test_ddp_with_two_cpu_processes_runs_one_epoch(toy_project, tmp_path) -> None:
-    config = toy_project(**{"train.head_epochs": 0, "train.finetune_epochs": 1})
+    # the on-the-fly path: no frozen-feature cache, the whole network trains
+    config = toy_project(
+        **{
+            "train.head_epochs": 0,
+            "train.finetune_epochs": 1,
+            "train.feature_views": 0,
+            "train.finetune_blocks": "all",
+        }
+    )
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(
-        config.model_dump(mode="json", by_alias=True, exclude={"root"}), sort_keys=False
-    ))
+    params.write_text(
+        yaml.safe_dump(
+            config.model_dump(mode="json", by_alias=True, exclude={"root"}), sort_keys=False
+        )
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "visionops.cli", "train", "--params", str(params)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "visionops.cli",
+            "train",
+            "--params",
+            str(params),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
 

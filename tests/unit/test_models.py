@@ -37,15 +37,24 @@ def test_unknown_backbone_lists_the_known_ones(name: str) -> None:
 
 def test_registry_has_the_promised_backbones() -> None:
     assert {
-        "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2",
-        "mobilenet_v3_large", "resnet18", "resnet50",
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+        "mobilenet_v2",
+        "mobilenet_v3_large",
+        "resnet18",
+        "resnet50",
     } <= set(available_backbones())
 
 
 @pytest.mark.parametrize(
     ("name", "dense", "features"),
-    [("efficientnet_lite0", 0, 1280), ("efficientnet_lite0", 32, 1280), ("resnet18", 0, 512),
-     ("mobilenet_v3_large", 16, 960)],
+    [
+        ("efficientnet_lite0", 0, 1280),
+        ("efficientnet_lite0", 32, 1280),
+        ("resnet18", 0, 512),
+        ("mobilenet_v3_large", 16, 960),
+    ],
 )
 def test_model_shapes_and_head(name: str, dense: int, features: int) -> None:
     model = create_model(name, num_classes=5, pretrained=False, dense_units=dense, image_size=64)
@@ -65,7 +74,9 @@ def test_lite0_pretrained_weights_ship_offline() -> None:
 
 
 def test_forward_from_a_unit_equals_the_full_forward() -> None:
-    model = create_model("efficientnet_lite0", num_classes=3, pretrained=False, image_size=64).eval()
+    model = create_model(
+        "efficientnet_lite0", num_classes=3, pretrained=False, image_size=64
+    ).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         acts = model.body[:9](x)
@@ -92,9 +103,13 @@ def test_preprocess_spec_matches_the_backbone() -> None:
 
 def _checkpoint(model: torch.nn.Module, epoch: int) -> dict:
     return {
-        "model_state": model.state_dict(), "backbone": "efficientnet_lite0",
-        "class_names": ["a", "b", "c"], "model_params": {"dense_units": 8, "dropout": 0.1},
-        "preprocess": PreprocessSpec(64, 72).to_dict(), "epoch": epoch, "metrics": {},
+        "model_state": model.state_dict(),
+        "backbone": "efficientnet_lite0",
+        "class_names": ["a", "b", "c"],
+        "model_params": {"dense_units": 8, "dropout": 0.1},
+        "preprocess": PreprocessSpec(64, 72).to_dict(),
+        "epoch": epoch,
+        "metrics": {},
     }
 
 
@@ -148,18 +163,26 @@ def test_cached_eval_view_equals_the_inference_preprocess(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("counts", "mode", "expected"),
-    [([40, 8], "auto", "weighted_loss"), ([20, 10], "auto", "none"),
-     ([20, 10], "weighted_sampler", "weighted_sampler"), ([40, 8], "none", "none")],
+    [
+        ([40, 8], "auto", "weighted_loss"),
+        ([20, 10], "auto", "none"),
+        ([20, 10], "weighted_sampler", "weighted_sampler"),
+        ([40, 8], "none", "none"),
+    ],
 )
 def test_imbalance_weighting(counts: list[int], mode: str, expected: str) -> None:
     labels = np.repeat(np.arange(len(counts)), counts)
-    result = resolve_imbalance(TrainParams(imbalance=mode, imbalance_ratio=3.0), labels, 2)
+    params = TrainParams(imbalance=mode, imbalance_ratio=3.0, imbalance_power=1.0)
+    result = resolve_imbalance(params, labels, 2)
     assert result.mode == expected
     assert result.selection_metric == ("accuracy" if expected == "none" else "macro_f1")
     if expected == "weighted_loss":
         w = result.class_weights
         assert w[1] / w[0] == pytest.approx(counts[0] / counts[1])
         assert float((w[labels]).mean()) == pytest.approx(1.0)
+    if expected == "weighted_loss":  # the square-root compromise
+        half = resolve_imbalance(TrainParams(imbalance_power=0.5), labels, 2).class_weights
+        assert half[1] / half[0] == pytest.approx((counts[0] / counts[1]) ** 0.5)
     if expected == "weighted_sampler":
         p = result.sample_weights
         assert p.sum() == pytest.approx(1.0)

@@ -61,7 +61,9 @@ def read_splits(config: Config) -> tuple[list[str], SplitData, SplitData]:
         df = pd.read_csv(csv, dtype=str, keep_default_na=False)
         missing = {"path", "label", "sha256"} - set(df.columns)
         if missing:
-            raise DataError(f"{csv}: missing column(s) {sorted(missing)}; expected path,label,sha256")
+            raise DataError(
+                f"{csv}: missing column(s) {sorted(missing)}; expected path,label,sha256"
+            )
         frames[split] = df
     class_names = sorted(frames["train"]["label"].unique())
     if len(class_names) < 2:
@@ -113,12 +115,16 @@ class ImageCache:
         Returns how many were decoded. A file that no longer decodes raises DataError naming it.
         """
         # one job per distinct hash: copies of an image are decoded once
-        todo = {s: str(p) for p, s in zip(paths, shas, strict=True) if not self.path_for(s).exists()}
+        todo = {
+            s: str(p) for p, s in zip(paths, shas, strict=True) if not self.path_for(s).exists()
+        }
         if not todo:
             return 0
         started = time.perf_counter()
         workers = workers or os.cpu_count() or 1
-        jobs = [(p, str(self.path_for(s)), self.resize, self.interpolation) for s, p in todo.items()]
+        jobs = [
+            (p, str(self.path_for(s)), self.resize, self.interpolation) for s, p in todo.items()
+        ]
         if workers == 1 or len(jobs) < 32:
             for job in jobs:
                 _decode_one(job)
@@ -127,7 +133,9 @@ class ImageCache:
                 list(pool.map(_decode_one, jobs, chunksize=16))
         log.info(
             "image cache: decoded %d image(s) in %.1f s into %s",
-            len(jobs), time.perf_counter() - started, self.root,
+            len(jobs),
+            time.perf_counter() - started,
+            self.root,
         )
         return len(jobs)
 
@@ -137,7 +145,9 @@ def _decode_one(job: tuple[str, str, int, str]) -> None:
     try:
         img = resize_short_side(open_image(source), resize, interpolation)
     except Exception as exc:
-        raise DataError(f"{source}: cannot be decoded any more ({exc}); rerun `visionops validate`") from None
+        raise DataError(
+            f"{source}: cannot be decoded any more ({exc}); rerun `visionops validate`"
+        ) from None
     array = np.asarray(img, dtype=np.uint8)
     write_with(Path(target), lambda tmp: np.save(tmp, array))  # tmp ends in .npy
 
@@ -190,8 +200,12 @@ class ImageDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, cache: ImageCache, data: SplitData, spec: PreprocessSpec,
-        augment: AugmentParams | None = None, seeds: Sequence[int] | None = None,
+        self,
+        cache: ImageCache,
+        data: SplitData,
+        spec: PreprocessSpec,
+        augment: AugmentParams | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> None:
         self.cache = cache
         self.data = data

@@ -61,7 +61,9 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
         requested = "cuda" if cuda else "mps" if mps else "cpu"
     if requested == "cuda":
         if not cuda:
-            raise ConfigError("train.device: cuda requested but no CUDA device is visible; use auto")
+            raise ConfigError(
+                "train.device: cuda requested but no CUDA device is visible; use auto"
+            )
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     if requested == "mps" and not mps:
         raise ConfigError("train.device: mps requested but MPS is not available; use auto")

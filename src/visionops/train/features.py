@@ -70,9 +70,14 @@ def feature_key(
     """Hash of everything the cached arrays depend on."""
     m, t = config.model, config.train
     blob = {
-        "v": FORMAT_VERSION, "backbone": m.backbone, "pretrained": m.pretrained,
+        "v": FORMAT_VERSION,
+        "backbone": m.backbone,
+        "pretrained": m.pretrained,
         # random weights depend on the seed; so do the views' augmentations
-        "seed": config.base.seed, "spec": spec.to_dict(), "cut": cut, "views": t.feature_views,
+        "seed": config.base.seed,
+        "spec": spec.to_dict(),
+        "cut": cut,
+        "views": t.feature_views,
         "augment": t.augment.model_dump(mode="json"),
         "train": hashlib.sha256("".join(train.sha256).encode()).hexdigest(),
         "val": hashlib.sha256("".join(val.sha256).encode()).hexdigest(),
@@ -81,8 +86,14 @@ def feature_key(
 
 
 def load_or_compute(
-    config: Config, model: Classifier, cut: int, cache: ImageCache, train: SplitData,
-    val: SplitData, spec: PreprocessSpec, runtime: Runtime,
+    config: Config,
+    model: Classifier,
+    cut: int,
+    cache: ImageCache,
+    train: SplitData,
+    val: SplitData,
+    spec: PreprocessSpec,
+    runtime: Runtime,
 ) -> FeatureStore:
     """The store for this key: read it, or (rank 0) compute it while other ranks wait."""
     key = feature_key(config, cut, spec, train, val)
@@ -101,7 +112,10 @@ def _open(folder: Path, cut: int) -> FeatureStore:
         return np.load(path, mmap_mode="r" if mmap else None) if path.exists() else None
 
     return FeatureStore(
-        cut, load("train_acts", mmap=True), load("train_pooled"), load("val_acts"),
+        cut,
+        load("train_acts", mmap=True),
+        load("train_pooled"),
+        load("val_acts"),
         load("val_pooled"),
     )
 
@@ -128,8 +142,15 @@ def _engine(config: Config, runtime: Runtime) -> str:
 
 
 def _compute(
-    config: Config, model: Classifier, cut: int, cache: ImageCache, train: SplitData,
-    val: SplitData, spec: PreprocessSpec, runtime: Runtime, folder: Path,
+    config: Config,
+    model: Classifier,
+    cut: int,
+    cache: ImageCache,
+    train: SplitData,
+    val: SplitData,
+    spec: PreprocessSpec,
+    runtime: Runtime,
+    folder: Path,
 ) -> None:
     views = config.train.feature_views
     frozen = _Frozen(model, cut, spec).eval()
@@ -138,8 +159,10 @@ def _compute(
     work = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_mkdir(folder.parent)))
     started = time.perf_counter()
     try:
-        infer = _ort_runner(frozen, spec, work) if engine == "onnxruntime" else _torch_runner(
-            frozen, runtime
+        infer = (
+            _ort_runner(frozen, spec, work)
+            if engine == "onnxruntime"
+            else _torch_runner(frozen, runtime)
         )
         total = views * len(train) + len(val)
         bar = tqdm(total=total, desc="frozen features", unit="img", leave=False, disable=None)
@@ -173,7 +196,10 @@ def _compute(
                 bar.update(len(batch))
             log.info(
                 "frozen features: %s%s done (%d/%d images, %.0f img/s)",
-                split, "" if view is None else f" view {view + 1}/{views}", done, total,
+                split,
+                "" if view is None else f" view {view + 1}/{views}",
+                done,
+                total,
                 done / (time.perf_counter() - started),
             )
         bar.close()
@@ -191,7 +217,13 @@ def _compute(
         log.info(
             "frozen features: %d views x %d train + %d val images through units 0..%d and the "
             "pooled backbone with %s in %.0f s (%.1f img/s)",
-            views, len(train), len(val), cut - 1, engine, seconds, total / seconds,
+            views,
+            len(train),
+            len(val),
+            cut - 1,
+            engine,
+            seconds,
+            total / seconds,
         )
     finally:
         if work.exists():
@@ -210,8 +242,14 @@ def _view_seed(seed: int, view: int, sha256: str) -> int:
 
 
 def _allocate(
-    arrays: dict[str, np.ndarray], work: Path, split: str, views: int, n: int,
-    acts: np.ndarray, pooled: np.ndarray, keep: bool,
+    arrays: dict[str, np.ndarray],
+    work: Path,
+    split: str,
+    views: int,
+    n: int,
+    acts: np.ndarray,
+    pooled: np.ndarray,
+    keep: bool,
 ) -> None:
     def open_memmap(name: str, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
         return np.lib.format.open_memmap(work / f"{name}.npy", "w+", dtype, shape)
@@ -225,7 +263,9 @@ def _allocate(
             "train_pooled", np.float32, (views, n, pooled.shape[1])
         )
         if keep:
-            arrays["train_acts"] = open_memmap("train_acts", np.float16, (views, n, *acts.shape[1:]))
+            arrays["train_acts"] = open_memmap(
+                "train_acts", np.float16, (views, n, *acts.shape[1:])
+            )
 
 
 def _batches(dataset: ImageDataset, runtime: Runtime) -> Iterator[torch.Tensor]:
@@ -257,8 +297,13 @@ def _ort_runner(frozen: _Frozen, spec: PreprocessSpec, work: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation chatter
         torch.onnx.export(
-            frozen.cpu(), (example,), str(path), dynamo=False, opset_version=17,
-            input_names=["input"], output_names=["acts", "pooled"],
+            frozen.cpu(),
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["acts", "pooled"],
             dynamic_axes={"input": {0: "n"}, "acts": {0: "n"}, "pooled": {0: "n"}},
         )
     options = ort.SessionOptions()

@@ -33,7 +33,14 @@ class Imbalance:
 
 
 def resolve_imbalance(params: TrainParams, labels: np.ndarray, num_classes: int) -> Imbalance:
-    """Inverse-frequency weights: class c gets N / (C * n_c), so a balanced set gets all 1s."""
+    """Class c gets ``(N / (C * n_c)) ** imbalance_power`` (a balanced set gets all 1s), scaled so
+    the mean weight per training image is 1.
+
+    The default power 0.5 (square root of inverse frequency) is a compromise measured on
+    clothing-small (7.5:1): full inverse-frequency weights cost about 2 points of validation
+    accuracy (0.897 vs 0.921 unweighted, same recipe, one run each) by over-predicting the rare
+    classes.
+    """
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     present = counts[counts > 0]
     ratio = float(present.max() / present.min()) if len(present) else 1.0
@@ -42,7 +49,12 @@ def resolve_imbalance(params: TrainParams, labels: np.ndarray, num_classes: int)
         mode = "weighted_loss" if ratio > params.imbalance_ratio else "none"
     if mode == "none":
         return Imbalance("none", ratio, None, None)
-    per_class = np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0)
+    per_class = np.where(
+        counts > 0,
+        (len(labels) / (num_classes * np.maximum(counts, 1))) ** params.imbalance_power,
+        0.0,
+    )
+    per_class = per_class / per_class[labels].mean()
     if mode == "weighted_loss":
         return Imbalance(mode, ratio, per_class.astype(np.float32), None)
     per_sample = per_class[labels]

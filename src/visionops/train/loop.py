@@ -38,7 +38,11 @@ class Entry(nn.Module):
 
 
 def epoch_order(
-    n: int, seed: int, epoch: int, runtime: Runtime, train: bool,
+    n: int,
+    seed: int,
+    epoch: int,
+    runtime: Runtime,
+    train: bool,
     sample_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.random.Generator]:
     """This rank's sample indices for an epoch (all of them, in order, when not training).
@@ -62,8 +66,14 @@ class ArraySource:
     """Batches from cached arrays ``(V, N, ...)``: each epoch draws one view per sample."""
 
     def __init__(
-        self, arrays: np.ndarray, labels: np.ndarray, start: int | None, batch_size: int,
-        seed: int, runtime: Runtime, train: bool = True,
+        self,
+        arrays: np.ndarray,
+        labels: np.ndarray,
+        start: int | None,
+        batch_size: int,
+        seed: int,
+        runtime: Runtime,
+        train: bool = True,
         sample_weights: np.ndarray | None = None,
     ) -> None:
         self.arrays = arrays
@@ -100,8 +110,14 @@ class ImageSource:
     start = 0
 
     def __init__(
-        self, dataset: ImageDataset, batch_size: int, seed: int, runtime: Runtime,
-        train: bool = True, sample_weights: np.ndarray | None = None, workers: int = 0,
+        self,
+        dataset: ImageDataset,
+        batch_size: int,
+        seed: int,
+        runtime: Runtime,
+        train: bool = True,
+        sample_weights: np.ndarray | None = None,
+        workers: int = 0,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
@@ -123,8 +139,11 @@ class ImageSource:
         if self.train:  # augmentation draws from torch's RNG: make it a function of the epoch
             torch.manual_seed(self.seed * 1000 + epoch)
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=self.indices(epoch).tolist(),
-            num_workers=self.workers, pin_memory=self.runtime.device.type == "cuda",
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=self.indices(epoch).tolist(),
+            num_workers=self.workers,
+            pin_memory=self.runtime.device.type == "cuda",
         )
         for x, y in loader:
             x = x.to(self.runtime.device, non_blocking=True)
@@ -186,17 +205,29 @@ def _to_device(x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
 
 
 def train_epoch(
-    model: Classifier, step_model: nn.Module, source: Source, first_unit: int,
-    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
-    criterion: nn.Module, runtime: Runtime, epoch: int, desc: str,
-    scaler: torch.amp.GradScaler | None = None, freeze_bn: bool = True,
+    model: Classifier,
+    step_model: nn.Module,
+    source: Source,
+    first_unit: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    criterion: nn.Module,
+    runtime: Runtime,
+    epoch: int,
+    desc: str,
+    scaler: torch.amp.GradScaler | None = None,
+    freeze_bn: bool = True,
 ) -> EpochStats:
     """One pass over ``source``; loss/accuracy are summed over DDP ranks."""
     set_train_mode(model, first_unit, freeze_bn)
     started = time.perf_counter()
     total_loss = correct = seen = 0.0
     bar = tqdm(
-        source.batches(epoch), total=source.steps(epoch), desc=desc, unit="batch", leave=False,
+        source.batches(epoch),
+        total=source.steps(epoch),
+        desc=desc,
+        unit="batch",
+        leave=False,
         disable=None if runtime.is_main else True,
     )
     for x, y in bar:
@@ -219,7 +250,8 @@ def train_epoch(
         seen += n
         elapsed = time.perf_counter() - started
         bar.set_postfix(
-            loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}",
+            loss=f"{total_loss / seen:.3f}",
+            acc=f"{correct / seen:.3f}",
             img_s=f"{seen * runtime.world_size / elapsed:.1f}",
         )
     bar.close()
@@ -231,7 +263,10 @@ def train_epoch(
 
 @torch.inference_mode()
 def evaluate(
-    model: Classifier, source: Source, runtime: Runtime, num_classes: int,
+    model: Classifier,
+    source: Source,
+    runtime: Runtime,
+    num_classes: int,
     hflip_source: Source | None = None,
 ) -> EvalStats:
     """Plain cross-entropy, accuracy and macro-F1 over the whole source (no DDP sharding)."""

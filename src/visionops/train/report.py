@@ -18,8 +18,16 @@ from visionops.io import write_text, write_with
 log = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = [
-    "epoch", "phase", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr",
-    "images_per_s", "seconds",
+    "epoch",
+    "phase",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_macro_f1",
+    "lr",
+    "images_per_s",
+    "seconds",
 ]
 
 
@@ -72,8 +80,15 @@ def log_epoch(row: dict[str, Any]) -> None:
     mlflow.log_metrics(
         {
             k: float(row[k])
-            for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "lr",
-                      "images_per_s")
+            for k in (
+                "train_loss",
+                "train_acc",
+                "val_loss",
+                "val_acc",
+                "val_macro_f1",
+                "lr",
+                "images_per_s",
+            )
         },
         step=step,
     )

@@ -13,6 +13,7 @@ class Phase:
     epochs: int
     lr: float
     first_unit: int  # first trainable backbone unit; len(body) = head only
+    early_stop: bool = False  # only the last phase stops early (fine-tuning starts from the head)
 
 
 @dataclass
@@ -25,7 +26,8 @@ class TrainerState:
     epoch: int = 0  # epochs completed overall
     best_score: float = -1.0
     best_epoch: int = 0
-    bad_epochs: int = 0
+    bad_epochs: int = 0  # epochs of this phase without beating the phase's best score
+    phase_best: float = -1.0
     history: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
 
@@ -59,14 +61,16 @@ class TrainResult:
 
     def summary(self) -> str:
         resumed = f", resumed after epoch {self.resumed_from}" if self.resumed_from else ""
-        return "\n".join([
-            f"train: best epoch {self.best_epoch}/{self.epochs}: val accuracy "
-            f"{self.val_accuracy:.4f}, macro-F1 {self.val_macro_f1:.4f} "
-            f"(selected on {self.selection_metric}; {self.imbalance})",
-            f"  {self.seconds:.0f} s on {self.device}{resumed}",
-            f"  checkpoint: {self.checkpoint}",
-            f"  MLflow run: {self.run_id}",
-        ])
+        return "\n".join(
+            [
+                f"train: best epoch {self.best_epoch}/{self.epochs}: val accuracy "
+                f"{self.val_accuracy:.4f}, macro-F1 {self.val_macro_f1:.4f} "
+                f"(selected on {self.selection_metric}; {self.imbalance})",
+                f"  {self.seconds:.0f} s on {self.device}{resumed}",
+                f"  checkpoint: {self.checkpoint}",
+                f"  MLflow run: {self.run_id}",
+            ]
+        )
 
 
 @dataclass

@@ -59,16 +59,22 @@ class TrainTracker:
         write_history(paths.train_history, history)
         curves_png(paths.train_plots, history, result.best_epoch, result.selection_metric)
         write_json(paths.train_metrics, result.metrics())
-        write_json(paths.train_run, {
-            "run_id": self.run_id, "tracking_uri": tracking_uri(self.config),
-            "experiment_id": self.experiment_id,
-        })
+        write_json(
+            paths.train_run,
+            {
+                "run_id": self.run_id,
+                "tracking_uri": tracking_uri(self.config),
+                "experiment_id": self.experiment_id,
+            },
+        )
         if not self.enabled:
             return
         import mlflow
 
         mlflow.log_metrics({f"best_{k}": float(v) for k, v in result.metrics().items()})
-        mlflow.set_tags({"selection_metric": result.selection_metric, "best_epoch": result.best_epoch})
+        mlflow.set_tags(
+            {"selection_metric": result.selection_metric, "best_epoch": result.best_epoch}
+        )
         for path in (paths.train_plots, paths.train_history, paths.train_metrics):
             mlflow.log_artifact(str(path), artifact_path="train")
         mlflow.log_artifact(str(paths.checkpoint_best), artifact_path="checkpoint")

@@ -9,9 +9,12 @@ The schedule (all from ``params.yaml``):
    ``train.finetune_blocks`` units (or ``all``) and the head learn; the frozen units before them
    are read from the same cache when ``feature_views`` > 0, else run on the fly.
 
-Each phase: AdamW, linear warm-up (``train.warmup_epochs``) then cosine decay, label smoothing,
-early stopping after ``train.early_stopping_patience`` epochs without a better validation score
-(macro-F1 when class weighting is on, else accuracy). The best epoch is the model.
+Each phase: AdamW, linear warm-up (``train.warmup_epochs``) then cosine decay, label smoothing.
+The last phase stops early after ``train.early_stopping_patience`` epochs without a better
+validation score within it (macro-F1 when class weighting is on, else accuracy); the head phase
+always completes, since fine-tuning starts from where it ends. The best epoch over both phases
+is the model. With ``train.freeze_bn`` (and pretrained weights) BatchNorm keeps its ImageNet
+statistics throughout (see :func:`visionops.train.loop.set_train_mode`).
 
 Where the checkpoints live. ``artifacts/train/best.pt`` is a DVC output, and DVC deletes a stage's
 outputs before running it again, so the resume state cannot live there: ``last.pt`` (model,
@@ -30,7 +33,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +62,7 @@ from visionops.train.loop import (
     warmup_cosine,
 )
 from visionops.train.models import create_model, preprocess_spec
-from visionops.train.result import Phase, TrainResult, TrainerState
+from visionops.train.result import Phase, TrainerState, TrainResult
 from visionops.train.tracking import TrainTracker
 
 log = logging.getLogger(__name__)
@@ -121,10 +124,14 @@ def train_model(config: Config, runtime: Runtime, on_epoch_end: EpochHook | None
     n_units = len(model.body)
     cut = finetune_cut(t.finetune_blocks, n_units) if t.finetune_epochs else n_units
     phases = [
-        p for p in (Phase("head", t.head_epochs, t.head_lr, n_units),
-                    Phase("finetune", t.finetune_epochs, t.finetune_lr, cut))
+        p
+        for p in (
+            Phase("head", t.head_epochs, t.head_lr, n_units),
+            Phase("finetune", t.finetune_epochs, t.finetune_lr, cut),
+        )
         if p.epochs > 0
     ]
+    phases[-1] = replace(phases[-1], early_stop=True)
     store = None
     if t.feature_views > 0:  # computed from the pretrained weights, before any resume
         store = load_or_compute(config, model, min(cut, n_units), cache, train, val, spec, runtime)
@@ -134,8 +141,19 @@ def train_model(config: Config, runtime: Runtime, on_epoch_end: EpochHook | None
     if imbalance.class_weights is not None:
         weight = torch.from_numpy(imbalance.class_weights).to(runtime.device)
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing)
-    ctx = Context(config, runtime, class_names, model, spec, cache, train, val, store, criterion,
-                  imbalance.sample_weights)
+    ctx = Context(
+        config,
+        runtime,
+        class_names,
+        model,
+        spec,
+        cache,
+        train,
+        val,
+        store,
+        criterion,
+        imbalance.sample_weights,
+    )
 
     key = run_key(config, train, val)
     state_dir = config.cache_dir / "checkpoints" / key
@@ -149,12 +167,19 @@ def train_model(config: Config, runtime: Runtime, on_epoch_end: EpochHook | None
     resumed_from = state.epoch if resume else None
 
     tracker = TrainTracker(config, runtime.is_main)
-    state.run_id = tracker.start(state.run_id, extra_params={
-        "resolved.device": runtime.describe(), "resolved.imbalance": imbalance.mode,
-        "resolved.selection_metric": imbalance.selection_metric,
-        "resolved.first_finetuned_unit": cut, "resolved.units": n_units,
-        "resolved.train_images": len(train), "resolved.val_images": len(val),
-    }, resumed_from=resumed_from)
+    state.run_id = tracker.start(
+        state.run_id,
+        extra_params={
+            "resolved.device": runtime.describe(),
+            "resolved.imbalance": imbalance.mode,
+            "resolved.selection_metric": imbalance.selection_metric,
+            "resolved.first_finetuned_unit": cut,
+            "resolved.units": n_units,
+            "resolved.train_images": len(train),
+            "resolved.val_images": len(val),
+        },
+        resumed_from=resumed_from,
+    )
     metric = imbalance.selection_metric
     try:
         for index, phase in enumerate(phases):
@@ -162,7 +187,7 @@ def train_model(config: Config, runtime: Runtime, on_epoch_end: EpochHook | None
                 continue
             if index > state.phase_index:
                 state.phase_index, state.phase_epoch, state.phase_done = index, 0, False
-                state.bad_epochs = 0
+                state.bad_epochs, state.phase_best = 0, -1.0
             if state.phase_done or state.phase_epoch >= phase.epochs:
                 continue
             _run_phase(ctx, phase, state, resume, metric, state_dir, tracker, on_epoch_end, key)
@@ -183,28 +208,56 @@ def _sources(ctx: Context, phase: Phase):
     head_only = phase.first_unit >= n_units
     if store is not None and head_only:
         return (
-            ArraySource(store.train_pooled, ctx.train.labels, None, t.batch_size, seed, runtime,
-                        sample_weights=ctx.sample_weights),
+            ArraySource(
+                store.train_pooled,
+                ctx.train.labels,
+                None,
+                t.batch_size,
+                seed,
+                runtime,
+                sample_weights=ctx.sample_weights,
+            ),
             ArraySource(store.val_pooled[None], ctx.val.labels, None, 256, seed, runtime, False),
         )
     if store is not None and store.cut == phase.first_unit and store.cut > 0:
         return (
-            ArraySource(store.train_acts, ctx.train.labels, store.cut, t.batch_size, seed,
-                        runtime, sample_weights=ctx.sample_weights),
+            ArraySource(
+                store.train_acts,
+                ctx.train.labels,
+                store.cut,
+                t.batch_size,
+                seed,
+                runtime,
+                sample_weights=ctx.sample_weights,
+            ),
             ArraySource(store.val_acts[None], ctx.val.labels, store.cut, 64, seed, runtime, False),
         )
     workers = 0 if runtime.device.type == "cpu" else min(4, ctx.config.base.workers or 4)
     return (
-        ImageSource(ImageDataset(ctx.cache, ctx.train, ctx.spec, t.augment), t.batch_size, seed,
-                    runtime, sample_weights=ctx.sample_weights, workers=workers),
-        ImageSource(ImageDataset(ctx.cache, ctx.val, ctx.spec), 64, seed, runtime, False,
-                    workers=workers),
+        ImageSource(
+            ImageDataset(ctx.cache, ctx.train, ctx.spec, t.augment),
+            t.batch_size,
+            seed,
+            runtime,
+            sample_weights=ctx.sample_weights,
+            workers=workers,
+        ),
+        ImageSource(
+            ImageDataset(ctx.cache, ctx.val, ctx.spec), 64, seed, runtime, False, workers=workers
+        ),
     )
 
 
 def _run_phase(
-    ctx: Context, phase: Phase, state: TrainerState, resume: dict | None, metric: str,
-    state_dir: Path, tracker: TrainTracker, on_epoch_end: EpochHook | None, key: str,
+    ctx: Context,
+    phase: Phase,
+    state: TrainerState,
+    resume: dict | None,
+    metric: str,
+    state_dir: Path,
+    tracker: TrainTracker,
+    on_epoch_end: EpochHook | None,
+    key: str,
 ) -> None:
     t, runtime, model = ctx.config.train, ctx.runtime, ctx.model
     params = set_trainable(model, phase.first_unit)
@@ -226,37 +279,62 @@ def _run_phase(
     while state.phase_epoch < phase.epochs and not state.phase_done:
         epoch = state.epoch + 1
         desc = f"epoch {epoch} {phase.name}"
-        stats = train_epoch(model, step_model, source, phase.first_unit, optimizer, scheduler,
-                            ctx.criterion, runtime, epoch, desc, scaler,
-                            t.freeze_bn and ctx.config.model.pretrained)
+        stats = train_epoch(
+            model,
+            step_model,
+            source,
+            phase.first_unit,
+            optimizer,
+            scheduler,
+            ctx.criterion,
+            runtime,
+            epoch,
+            desc,
+            scaler,
+            t.freeze_bn and ctx.config.model.pretrained,
+        )
         ev = evaluate(model, val_source, runtime, len(ctx.class_names))
         row = {
-            "epoch": epoch, "phase": phase.name, "train_loss": stats.loss,
-            "train_acc": stats.accuracy, "val_loss": ev.loss, "val_acc": ev.accuracy,
-            "val_macro_f1": ev.macro_f1, "lr": scheduler.get_last_lr()[0],
-            "images_per_s": stats.images_per_s, "seconds": stats.seconds,
+            "epoch": epoch,
+            "phase": phase.name,
+            "train_loss": stats.loss,
+            "train_acc": stats.accuracy,
+            "val_loss": ev.loss,
+            "val_acc": ev.accuracy,
+            "val_macro_f1": ev.macro_f1,
+            "lr": scheduler.get_last_lr()[0],
+            "images_per_s": stats.images_per_s,
+            "seconds": stats.seconds,
         }
         state.history.append(row)
         state.epoch, state.phase_epoch = epoch, state.phase_epoch + 1
         score = ev.macro_f1 if metric == "macro_f1" else ev.accuracy
         improved = score > state.best_score
         if improved:
-            state.best_score, state.best_epoch, state.bad_epochs = score, epoch, 0
+            state.best_score, state.best_epoch = score, epoch
+        if score > state.phase_best:
+            state.phase_best, state.bad_epochs = score, 0
         else:
             state.bad_epochs += 1
-        if t.early_stopping_patience and state.bad_epochs >= t.early_stopping_patience:
+        patience = t.early_stopping_patience
+        if phase.early_stop and patience and state.bad_epochs >= patience:
             state.phase_done = True
         if runtime.is_main:
             if improved:
                 save_checkpoint(state_dir / "best.pt", _model_checkpoint(ctx, epoch, row))
             last = _model_checkpoint(ctx, epoch, row)
             last.update(
-                optimizer_state=optimizer.state_dict(), scheduler_state=scheduler.state_dict(),
-                rng=rng_state(), trainer=asdict(state), key=key,
+                optimizer_state=optimizer.state_dict(),
+                scheduler_state=scheduler.state_dict(),
+                rng=rng_state(),
+                trainer=asdict(state),
+                key=key,
             )
             save_checkpoint(state_dir / "last.pt", last)
             tracker.log_epoch(row)
-            log.info(_epoch_line(row, improved, state.phase_done and state.phase_epoch < phase.epochs))
+            log.info(
+                _epoch_line(row, improved, state.phase_done and state.phase_epoch < phase.epochs)
+            )
         barrier(runtime)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
@@ -282,24 +360,38 @@ def _model_checkpoint(ctx: Context, epoch: int, row: dict[str, Any]) -> dict[str
         "preprocess": ctx.spec.to_dict(),
         "epoch": epoch,
         "metrics": {
-            "val_accuracy": row["val_acc"], "val_macro_f1": row["val_macro_f1"],
+            "val_accuracy": row["val_acc"],
+            "val_macro_f1": row["val_macro_f1"],
             "val_loss": row["val_loss"],
         },
     }
 
 
 def _finish(
-    ctx: Context, state: TrainerState, metric: str, state_dir: Path, tracker: TrainTracker,
-    started: float, resumed_from: int | None, imbalance,
+    ctx: Context,
+    state: TrainerState,
+    metric: str,
+    state_dir: Path,
+    tracker: TrainTracker,
+    started: float,
+    resumed_from: int | None,
+    imbalance,
 ) -> TrainResult:
     paths = stage_paths(ctx.config)
     best_row = next(r for r in state.history if r["epoch"] == state.best_epoch)
     result = TrainResult(
-        class_names=ctx.class_names, best_epoch=state.best_epoch, epochs=state.epoch,
-        selection_metric=metric, val_accuracy=best_row["val_acc"],
-        val_macro_f1=best_row["val_macro_f1"], val_loss=best_row["val_loss"],
-        seconds=time.perf_counter() - started, run_id=state.run_id, resumed_from=resumed_from,
-        imbalance=imbalance.describe(), device=ctx.runtime.describe(),
+        class_names=ctx.class_names,
+        best_epoch=state.best_epoch,
+        epochs=state.epoch,
+        selection_metric=metric,
+        val_accuracy=best_row["val_acc"],
+        val_macro_f1=best_row["val_macro_f1"],
+        val_loss=best_row["val_loss"],
+        seconds=time.perf_counter() - started,
+        run_id=state.run_id,
+        resumed_from=resumed_from,
+        imbalance=imbalance.describe(),
+        device=ctx.runtime.describe(),
         checkpoint=paths.checkpoint_best,
     )
     if ctx.runtime.is_main:
