@@ -24,6 +24,9 @@ def _isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     home = tmp_path_factory.getbasetemp() / "prefect-home"
     monkeypatch.setenv("PREFECT_HOME", os.environ.get("VISIONOPS_TEST_PREFECT_HOME", str(home)))
     yield
+    # A module-scoped fixture that called mlflow.set_tracking_uri() before this fixture ran would
+    # otherwise be "restored" by monkeypatch and leak into the next module.
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")

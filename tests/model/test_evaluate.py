@@ -89,7 +89,9 @@ def test_plots_written(evaluated) -> None:
 
 def test_logged_to_the_training_run(evaluated) -> None:
     cfg, result = evaluated
-    client = MlflowClient(tracking_uri=tracking_uri(cfg))
+    # The store evaluate logged into is the one run.json names (what the stage itself reads).
+    uri = json.loads(stage_paths(cfg).train_run.read_text())["tracking_uri"]
+    client = MlflowClient(tracking_uri=uri)
     run = client.get_run(result.run_id)
     assert run.data.metrics["test_accuracy"] == pytest.approx(result.metrics["accuracy"])
     assert "test_f1/red" in run.data.metrics

@@ -269,9 +269,13 @@ def _allocate(
 
 
 def _batches(dataset: ImageDataset, runtime: Runtime) -> Iterator[torch.Tensor]:
-    """uint8 batches in order; decoding + augmentation run in a worker process, overlapping
-    with inference in this one."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, num_workers=1)
+    """uint8 batches in order, augmented in this process.
+
+    A forked DataLoader worker died at shutdown (exit 1) in a long-lived process holding other
+    libraries' threads (seen in the test suite); augmenting from the uint8 cache is cheap next to
+    the frozen layers, so in-process is the safe choice.
+    """
+    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, num_workers=0)
     for x, _ in loader:
         yield x
 
