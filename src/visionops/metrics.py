@@ -77,15 +77,21 @@ def calibration_bins(
     return mean_conf, mean_acc, counts, ece
 
 
-def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Binary ROC for positive class 1: (false-positive rate, true-positive rate, AUC)."""
+def _ranked_counts(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """At each distinct score threshold (highest first): true positives, predicted positives;
+    plus the number of positives. Shared by the ROC and PR curves."""
     order = np.argsort(-scores, kind="mergesort")
     y = (np.asarray(y_true)[order] == 1).astype(np.float64)
     s = scores[order]
     distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tps = np.cumsum(y)[distinct]
-    fps = (distinct + 1) - tps
-    pos, neg = y.sum(), len(y) - y.sum()
+    return np.cumsum(y)[distinct], distinct + 1, float(y.sum())
+
+
+def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Binary ROC for positive class 1: (false-positive rate, true-positive rate, AUC)."""
+    tps, predicted, pos = _ranked_counts(y_true, scores)
+    fps = predicted - tps
+    neg = len(y_true) - pos
     tpr = np.r_[0.0, tps / pos] if pos else np.zeros(len(tps) + 1)
     fpr = np.r_[0.0, fps / neg] if neg else np.zeros(len(fps) + 1)
     return fpr, tpr, float(np.trapezoid(tpr, fpr))
@@ -93,13 +99,7 @@ def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
 
 def pr_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Binary precision-recall for positive class 1: (recall, precision, average precision)."""
-    order = np.argsort(-scores, kind="mergesort")
-    y = (np.asarray(y_true)[order] == 1).astype(np.float64)
-    s = scores[order]
-    distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    tps = np.cumsum(y)[distinct]
-    predicted = distinct + 1
-    pos = y.sum()
+    tps, predicted, pos = _ranked_counts(y_true, scores)
     precision = tps / predicted
     recall = tps / pos if pos else np.zeros_like(tps)
     ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))

@@ -78,17 +78,6 @@ def log_epoch(row: dict[str, Any]) -> None:
 
     step = int(row["epoch"])
     mlflow.log_metrics(
-        {
-            k: float(row[k])
-            for k in (
-                "train_loss",
-                "train_acc",
-                "val_loss",
-                "val_acc",
-                "val_macro_f1",
-                "lr",
-                "images_per_s",
-            )
-        },
+        {k: float(row[k]) for k in HISTORY_COLUMNS if k not in ("epoch", "phase", "seconds")},
         step=step,
     )
