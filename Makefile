@@ -35,7 +35,7 @@ data/: | $(STAMP)
 
 demo: $(STAMP) data/ ## set up and run the whole pipeline (dvc repro) on the bundled sample
 	$(BIN)/dvc repro
-	@$(BIN)/python -m visionops.demo_summary
+	@$(BIN)/python -m visionops.orchestrate.demo_summary
 
 test: $(STAMP) ## set up and run the test suite
 	$(BIN)/python -m pytest -q

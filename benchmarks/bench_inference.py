@@ -48,7 +48,7 @@ def image_folder(folder: Path) -> tuple[list[Path], list[str]]:
 
 
 def batches(files, spec, batch_size=32):
-    from visionops.inference import preprocess_batches
+    from visionops.images import preprocess_batches
 
     for _, batch, errors in preprocess_batches(files, spec, batch_size, workers=2):
         if errors:
@@ -178,11 +178,12 @@ def main() -> None:
     os.environ["VISIONOPS_ORT_THREADS"] = str(args.threads)
     import torch
 
-    from visionops.export import export_onnx, write_metadata
-    from visionops.inference import Predictor, build_session
+    from visionops.export.onnx_meta import build_metadata, write_metadata
+    from visionops.export.quantize import quantize_int8, throughput
+    from visionops.export.stage import export_onnx
+    from visionops.inference import Predictor
     from visionops.offline import apply_offline_env
-    from visionops.onnx_meta import build_metadata
-    from visionops.quantize import quantize_int8, throughput
+    from visionops.onnxrt import build_session
 
     apply_offline_env()
     torch.set_num_threads(args.threads)

@@ -39,14 +39,14 @@ SERVER = """
 import dataclasses, json, logging, sys, uvicorn
 from visionops.config import load_config
 from visionops.offline import apply_offline_env
-from visionops.serve import LIMIT_CONCURRENCY, build_app
+from visionops.serve.server import LIMIT_CONCURRENCY, build_app
 apply_offline_env()
 logging.basicConfig(level=logging.WARNING)
 model, port, params, variant = sys.argv[1], int(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
 app = build_app(load_config(params), model)
 settings = app.state.settings
 if variant["workers"] or variant["micro_batch"]:  # rebuild with the variant's runner settings
-    from visionops.serve_app import create_app
+    from visionops.serve.app import create_app
     settings = dataclasses.replace(settings, infer_workers=variant["workers"] or
                                    settings.infer_workers, micro_batch=variant["micro_batch"])
     app = create_app(app.state.holder, settings)
@@ -188,8 +188,8 @@ def start_server(model: str, params: str, variant: dict) -> tuple[subprocess.Pop
 
 def make_lite0(path: Path) -> None:
     """ImageNet EfficientNet-Lite0 backbone + 10-class head, exported like `visionops export`."""
-    from visionops.export import export_onnx, write_metadata
-    from visionops.onnx_meta import build_metadata
+    from visionops.export.onnx_meta import build_metadata, write_metadata
+    from visionops.export.stage import export_onnx
     from visionops.train.models import create_model, preprocess_spec
 
     labels = sorted(p.name for p in SAMPLE.iterdir() if p.is_dir()) or [f"c{i}" for i in range(10)]

@@ -1,6 +1,6 @@
 """Prefect flow ``training-pipeline``: the dvc.yaml stages as tasks, watched in the Prefect UI.
 
-Every stage task runs ``dvc repro --single-item <stage>`` (see :mod:`visionops.orchestrate`), so
+Every stage task runs ``dvc repro --single-item <stage>`` (:mod:`visionops.orchestrate.stages`), so
 this flow and a plain ``dvc repro`` do exactly the same work and skip exactly the same stages;
 ``dvc.lock`` and the DVC cache stay the single record of what is up to date. Logic lives in the
 library; this file only wires it to Prefect (tasks, retries, logs, artifacts).
@@ -27,15 +27,15 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
-from visionops import orchestrate
-from visionops import version_data as data_versioning
 from visionops.config import load_config
 from visionops.offline import apply_offline_env
-from visionops.orchestrate import PIPELINE_STAGES, StageResult
-from visionops.override_params import ParamChange, override_params
+from visionops.orchestrate import stages as orchestrate
+from visionops.orchestrate import version_data as data_versioning
+from visionops.orchestrate.override_params import ParamChange, override_params
+from visionops.orchestrate.run_report import PipelineRun, build_report, per_class_rows
+from visionops.orchestrate.stages import PIPELINE_STAGES, StageResult
+from visionops.orchestrate.version_data import DataVersion
 from visionops.paths import stage_paths
-from visionops.run_report import PipelineRun, build_report, per_class_rows
-from visionops.version_data import DataVersion
 
 PROJECT = Path(__file__).resolve().parents[1]
 LOCK_TIMEOUT_S = 6 * 3600  # a second run waits this long for the first before failing

@@ -14,8 +14,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from visionops.export.onnx_meta import build_metadata
 from visionops.images import PreprocessSpec
-from visionops.onnx_meta import build_metadata
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
 CHANNEL = {"red": 0, "green": 1, "blue": 2}

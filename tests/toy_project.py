@@ -119,8 +119,8 @@ def _fit(model, cfg: Config, spec, classes: tuple[str, ...]) -> None:
     import torch
     from torch import nn
 
-    from visionops.inference import preprocess_batches
-    from visionops.scoring import split_rows
+    from visionops.data.split import split_rows
+    from visionops.images import preprocess_batches
 
     files, labels = split_rows(stage_paths(cfg).split_file("train"), cfg.data_dir)
     _, x, _ = next(preprocess_batches(files, spec, batch_size=len(files)))

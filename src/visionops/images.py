@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -139,3 +141,75 @@ def load_and_preprocess(
     source: Path | str | bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
     return preprocess(open_image(source, max_pixels=max_pixels), spec)
+
+
+Source = Path | str | bytes
+
+
+def describe_source(source: Source, index: int) -> str:
+    return f"<bytes #{index}>" if isinstance(source, bytes | bytearray) else str(source)
+
+
+def load_one(source: Source, spec: PreprocessSpec, max_pixels: int) -> np.ndarray | str:
+    """The preprocessed CHW array, or the error message for a file that cannot be used."""
+    if isinstance(source, str | Path) and not Path(source).is_file():
+        return "is a folder, not a file" if Path(source).is_dir() else "file not found"
+    try:
+        return preprocess(open_image(source, max_pixels=max_pixels), spec)
+    except ImageLoadError as exc:
+        return str(exc)
+    except PermissionError:
+        return "permission denied"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+
+
+def preprocess_batches(
+    sources: Sequence[Source],
+    spec: PreprocessSpec,
+    batch_size: int = 32,
+    workers: int = 1,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Iterator[tuple[list[int], np.ndarray | None, dict[int, str]]]:
+    """Decode + preprocess in chunks of ``batch_size``: yields (indices of the good inputs,
+    their (n, 3, H, W) float32 batch or None, {index: error} for the bad ones).
+
+    Decoding runs on ``workers`` threads (PIL releases the GIL while decoding and resizing).
+    """
+    pool = ThreadPoolExecutor(workers) if workers > 1 and len(sources) > 1 else None
+    try:
+        for start in range(0, len(sources), batch_size):
+            chunk = sources[start : start + batch_size]
+            jobs = (pool.map if pool else map)(lambda s: load_one(s, spec, max_pixels), chunk)
+            good, arrays, errors = [], [], {}
+            for offset, result in enumerate(jobs):
+                if isinstance(result, str):
+                    errors[start + offset] = result
+                else:
+                    good.append(start + offset)
+                    arrays.append(result)
+            yield good, (np.stack(arrays) if arrays else None), errors
+    finally:
+        if pool:
+            pool.shutdown()
+
+
+def list_images(paths: Iterable[Path | str]) -> list[Path]:
+    """Files as given; folders expanded recursively (sorted, hidden files skipped).
+
+    Every non-hidden file of a folder is kept, so a stray non-image shows up as an error row
+    instead of vanishing silently. A missing path is kept too (it becomes an error row).
+    """
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
+        else:
+            out.append(path)
+    return out

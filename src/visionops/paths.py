@@ -94,3 +94,8 @@ def stage_paths(config: Config) -> StagePaths:
 
 
 SPLITS = ("train", "val", "test")
+
+
+def display_path(path: Path, root: Path) -> str:
+    """``path`` relative to the project root when inside it (reports stay portable)."""
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)

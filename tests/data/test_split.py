@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 
 from tests.data.imagegen import make_dataset, write_image
-from visionops import split, validate
+from visionops.data import split as split
+from visionops.data import validate as validate
 from visionops.errors import DataError
 from visionops.paths import SPLITS, stage_paths
 

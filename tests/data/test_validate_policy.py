@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 from tests.data.imagegen import make_dataset, tree_digest, write_image
-from visionops import validate
+from visionops.data import validate as validate
+from visionops.data.expectations import check_manifest
+from visionops.data.scan import allowed_formats, scan_images
 from visionops.errors import DataError
-from visionops.expectations import check_manifest
 from visionops.paths import stage_paths
-from visionops.scan import allowed_formats, scan_images
 
 pytestmark = pytest.mark.data
 

@@ -18,8 +18,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from visionops.export.onnx_meta import build_metadata
 from visionops.images import PreprocessSpec
-from visionops.onnx_meta import build_metadata
 
 LABELS = ["boot", "coat", "dress"]
 SPEC = PreprocessSpec(image_size=32, resize=36)

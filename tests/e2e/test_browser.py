@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.serve_support import image_bytes, live_server, tiny_cnn
-from visionops.serve_app import ServeSettings, create_app
-from visionops.serve_model import ModelHolder
+from visionops.serve.app import ServeSettings, create_app
+from visionops.serve.holder import ModelHolder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

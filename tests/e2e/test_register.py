@@ -17,13 +17,13 @@ from mlflow import MlflowClient
 
 from tests.toy_onnx import CHANNEL, TOY_SPEC, colour_model
 from tests.toy_project import make_project
-from visionops import register
 from visionops.config import Config, load_config
 from visionops.errors import VisionOpsError
 from visionops.inference import Predictor
 from visionops.io import write_json
-from visionops.lineage import describe
 from visionops.paths import stage_paths
+from visionops.registry import register as register
+from visionops.registry.lineage import describe
 from visionops.tracking import setup_tracking, tracking_uri
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

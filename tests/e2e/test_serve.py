@@ -22,8 +22,8 @@ from PIL import Image
 
 from tests.e2e.serve_support import LABELS, free_port, image_bytes, live_server, tiny_cnn
 from visionops.inference import Predictor
-from visionops.serve_app import ServeSettings, create_app
-from visionops.serve_model import ModelHolder
+from visionops.serve.app import ServeSettings, create_app
+from visionops.serve.holder import ModelHolder
 
 pytestmark = pytest.mark.e2e
 

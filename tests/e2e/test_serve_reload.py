@@ -11,8 +11,8 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.e2e.serve_support import image_bytes, live_server, register_version, tiny_cnn
-from visionops.serve_app import ServeSettings, create_app
-from visionops.serve_model import ModelHolder
+from visionops.serve.app import ServeSettings, create_app
+from visionops.serve.holder import ModelHolder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

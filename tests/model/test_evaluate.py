@@ -13,9 +13,9 @@ from mlflow import MlflowClient
 
 from tests.toy_onnx import colour_image
 from tests.toy_project import make_checkpoint, make_project
-from visionops import evaluate
 from visionops.config import Config
 from visionops.errors import DataError, VisionOpsError
+from visionops.evaluate import stage as evaluate
 from visionops.io import write_json
 from visionops.paths import stage_paths
 from visionops.tracking import setup_tracking, tracking_uri

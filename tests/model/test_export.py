@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 
 from tests.toy_project import make_checkpoint, make_project
-from visionops import export
 from visionops.config import Config, load_config
 from visionops.errors import VisionOpsError
+from visionops.export import stage as export
 from visionops.images import PreprocessSpec, load_and_preprocess
 from visionops.inference import Predictor
-from visionops.metrics import softmax
+from visionops.onnxrt import softmax
 from visionops.paths import stage_paths
 from visionops.train.checkpoint import load_model
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 import visionops.train as train_stage
-from visionops.lr_find import run as lr_find
 from visionops.paths import stage_paths
 from visionops.tracking import tracking_uri
 from visionops.train.checkpoint import load_checkpoint, load_model
 from visionops.train.data import read_splits
+from visionops.train.lr_find import run as lr_find
 from visionops.train.trainer import run_key
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]

@@ -15,9 +15,11 @@ import pytest
 from tests.toy_onnx import TOY_SPEC, colour_folder, colour_image, colour_model
 from visionops.cli import main
 from visionops.errors import VisionOpsError
-from visionops.images import PreprocessSpec
-from visionops.inference import CPU, Predictor, list_images, parse_model_uri
-from visionops.onnx_meta import PREPROCESS
+from visionops.export.onnx_meta import PREPROCESS
+from visionops.images import PreprocessSpec, list_images
+from visionops.inference import Predictor
+from visionops.onnxrt import CPU
+from visionops.registry.model_uri import parse_model_uri
 
 pytestmark = pytest.mark.unit
 LABELS = ["blue", "green", "red"]
@@ -48,8 +50,9 @@ def test_inference_modules_never_import_torch(model_path: Path, tmp_path: Path) 
     image = colour_image(tmp_path / "x.png", "red")
     code = (
         "import sys\n"
-        "import visionops.inference, visionops.predict_cli, visionops.scoring, visionops.lineage\n"
-        "import visionops.registry\n"
+        "import visionops.inference, visionops.cli.predict, visionops.registry.scoring\n"
+        "import visionops.registry.lineage, visionops.registry.model_uri, visionops.export\n"
+        "import visionops.export.onnx_model, visionops.serve.app\n"
         f"p = visionops.inference.Predictor({str(model_path)!r})\n"
         f"assert p.predict([{str(image)!r}])[0].label == 'red'\n"
         "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"

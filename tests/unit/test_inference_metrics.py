@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from visionops.metrics import (
+from visionops.evaluate.metrics import (
     calibration_bins,
     classification_report,
     confusion_matrix,
     label_scores,
     pr_curve,
     roc_curve,
-    softmax,
     top_k_accuracy,
 )
+from visionops.onnxrt import softmax
 
 pytestmark = pytest.mark.unit
 

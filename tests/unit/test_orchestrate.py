@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from visionops import orchestrate
 from visionops.config import load_config
 from visionops.errors import ConfigError, VisionOpsError
-from visionops.orchestrate import StageFailed, StageResult, Transient
-from visionops.override_params import override_params
-from visionops.run_report import PipelineRun, build_report
-from visionops.version_data import DataVersion, push, version_data
+from visionops.orchestrate import stages as orchestrate
+from visionops.orchestrate.override_params import override_params
+from visionops.orchestrate.run_report import PipelineRun, build_report
+from visionops.orchestrate.stages import StageFailed, StageResult, Transient
+from visionops.orchestrate.version_data import DataVersion, push, version_data
 
 pytestmark = pytest.mark.unit
 dvc_repo_test = pytest.mark.slow  # real dvc subprocesses: ~1-3 s per call

@@ -1,4 +1,4 @@
-"""Score a :class:`~visionops.inference.Predictor` on labeled images, labels matched by name.
+"""Score an :class:`~visionops.export.onnx_model.OnnxClassifier` on labeled images (by name).
 
 Used by ``visionops evaluate-folder`` (any ImageFolder) and by ``register`` (champion vs new
 model on the current test split). Torch-free.
@@ -12,7 +12,6 @@ on that subset.
 
 from __future__ import annotations
 
-import csv
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -21,12 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from visionops.errors import DataError
-from visionops.inference import Predictor, list_images
-from visionops.metrics import classification_report
+from visionops.evaluate.metrics import classification_report
+from visionops.export.onnx_model import OnnxClassifier
+from visionops.images import list_images
 
 
 def score_labeled(
-    predictor: Predictor,
+    predictor: OnnxClassifier,
     files: Sequence[Path],
     labels: Sequence[str],
     progress: bool = False,
@@ -81,16 +81,3 @@ def image_folder(folder: Path) -> tuple[list[Path], list[str]]:
     if not files:
         raise DataError(f"{folder}: the class folders hold no files")
     return files, labels
-
-
-def split_rows(split_csv: Path, data_dir: Path) -> tuple[list[Path], list[str]]:
-    """(files, labels) of a split CSV (``path,label,sha256``, paths relative to ``data_dir``)."""
-    if not split_csv.exists():
-        raise DataError(f"{split_csv}: missing; run `visionops split` (or `dvc repro split`)")
-    with split_csv.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise DataError(f"{split_csv}: has no rows; the split left this subset empty")
-    if not {"path", "label"} <= set(rows[0]):
-        raise DataError(f"{split_csv}: needs columns path,label (got {', '.join(rows[0])})")
-    return [data_dir / r["path"] for r in rows], [r["label"] for r in rows]

@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from visionops.config import Config
+from visionops.data.split import split_rows
 from visionops.errors import VisionOpsError
-from visionops.export import INPUT, _shown, write_metadata
-from visionops.images import PreprocessSpec
-from visionops.inference import build_session, default_threads, preprocess_batches
+from visionops.export.onnx_meta import INPUT, write_metadata
+from visionops.images import PreprocessSpec, preprocess_batches
 from visionops.io import atomic_path
-from visionops.metrics import softmax
-from visionops.paths import stage_paths
-from visionops.scoring import split_rows
+from visionops.onnxrt import build_session, default_threads, softmax
+from visionops.paths import display_path, stage_paths
 
 
 def ort_probs(session, files: list[Path], spec: PreprocessSpec, batch_size: int = 32) -> np.ndarray:
@@ -115,7 +114,7 @@ def int8_report(
     batch = np.resize(calibration, (32, *calibration.shape[1:]))
     ips32, ips8 = throughput(fp32_session, batch), throughput(int8_session, batch)
     return {
-        "path": _shown(int8_path, config.root),
+        "path": display_path(int8_path, config.root),
         "calibration_images": len(calibration),
         "test_images": len(files),
         "test_accuracy_fp32": acc32,

@@ -6,7 +6,8 @@ Policy (defaults in ``params.yaml`` under ``validate:``):
   can be read): ``data/`` missing or without class folders; fewer than 2 classes; a class with
   fewer than ``min_images_per_class`` usable unique images; the same content (sha256) under two
   labels; a failed great-expectations contract.
-* **skipped with a warning** (listed in the report, the stage succeeds): see :mod:`visionops.scan`
+* **skipped with a warning** (listed in the report, the stage succeeds): see
+  :mod:`visionops.data.scan`
   — corrupt/truncated/zero-byte/non-image/too small/too large/hidden/outside a class
   folder/symlink out of ``data/``; plus exact duplicates within a class: the copy whose path sorts
   first is kept (in a pre-split layout the copy in test, then val, then train wins, so identical
@@ -30,11 +31,11 @@ from pathlib import Path
 import pandas as pd
 
 from visionops.config import Config
+from visionops.data.expectations import ExpectationsResult, check_manifest, preload_in_background
+from visionops.data.scan import allowed_formats, scan_images
 from visionops.errors import DataError
-from visionops.expectations import ExpectationsResult, check_manifest, preload_in_background
 from visionops.io import write_json, write_text, write_with
 from visionops.paths import stage_paths
-from visionops.scan import allowed_formats, scan_images
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,7 @@ relative to ``data/``) and ``counts.json`` (per split per class, totals, deviati
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -193,3 +194,16 @@ def run(config: Config) -> SplitResult:
         warnings=warnings,
         outputs={**{s: paths.split_file(s) for s in SPLITS}, "counts": paths.split_counts},
     )
+
+
+def split_rows(split_csv: Path, data_dir: Path) -> tuple[list[Path], list[str]]:
+    """(files, labels) of a split CSV (``path,label,sha256``, paths relative to ``data_dir``)."""
+    if not split_csv.exists():
+        raise DataError(f"{split_csv}: missing; run `visionops split` (or `dvc repro split`)")
+    with split_csv.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise DataError(f"{split_csv}: has no rows; the split left this subset empty")
+    if not {"path", "label"} <= set(rows[0]):
+        raise DataError(f"{split_csv}: needs columns path,label (got {', '.join(rows[0])})")
+    return [data_dir / r["path"] for r in rows], [r["label"] for r in rows]

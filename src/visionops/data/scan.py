@@ -317,7 +317,7 @@ def scan_images(data_dir: Path | str, validate_params, workers: int = 0) -> pd.D
     ``validate_params`` is :class:`visionops.config.ValidateParams`; ``workers=0`` means one
     process per core. ``df.attrs`` carries ``layout`` (``"flat"``/``"presplit"``) and
     ``class_folders`` (every class folder seen, including empty ones). Duplicates are *not*
-    resolved here (see :func:`visionops.validate.mark_duplicates`).
+    resolved here (see :func:`visionops.data.validate.mark_duplicates`).
     """
     data_dir = Path(data_dir)
     extensions = set(validate_params.extensions)

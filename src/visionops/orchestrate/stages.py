@@ -7,7 +7,7 @@ The flow never runs a stage function itself: each step here is a ``dvc`` subproc
 * :func:`run_stage` — ``dvc repro --single-item [--force] <stage>``, every output line handed to a
   callback as it arrives (Prefect logs), classified ``ran`` / ``skipped`` / ``restored``; a failure
   raises :class:`StageFailed` carrying the stage's own ``error: ...`` line.
-* :mod:`visionops.version_data` — ``dvc add data`` when ``data/`` changed, ``dvc push``.
+* :mod:`visionops.orchestrate.version_data` — ``dvc add data`` when ``data/`` changed, ``dvc push``.
 * :func:`pipeline_lock` — one pipeline run per project at a time (``flock`` on a file under
   ``.dvc/tmp``); a second run waits, then finds the stages up to date.
 

@@ -1,7 +1,7 @@
 """The ASGI app of ``visionops serve``: ``POST /predict``, ``GET /health``, ``/metadata`` and ``/``.
 
 Inference runs on a small dedicated thread pool (never on the event loop) against the one shared
-ONNX Runtime session of :class:`~visionops.serve_model.ModelHolder`. Every failure a client can
+ONNX Runtime session of :class:`~visionops.serve.holder.ModelHolder`. Every failure a client can
 cause is an HTTP status with a one-line ``detail``; nothing a request sends can stop the process.
 Interactive API docs are off: Swagger UI would load its JavaScript from a CDN (offline here).
 """
@@ -24,9 +24,9 @@ from starlette.requests import ClientDisconnect
 
 from visionops.images import DEFAULT_MAX_PIXELS
 from visionops.inference import Predictor
-from visionops.serve_batching import BatchRunner, DirectRunner, Expired
-from visionops.serve_model import ModelHolder
-from visionops.serve_uploads import UploadRejected, read_uploads
+from visionops.serve.batching import BatchRunner, DirectRunner, Expired
+from visionops.serve.holder import ModelHolder
+from visionops.serve.uploads import UploadRejected, read_uploads
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ def _model_info(predictor: Predictor) -> dict:
 
 
 def _page() -> str:
-    return resources.files("visionops").joinpath("static/index.html").read_text(encoding="utf-8")
+    return (
+        resources.files("visionops.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    )
 
 
 def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> FastAPI:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from visionops.errors import VisionOpsError
-from visionops.inference import Predictor, get_model_version, parse_model_uri
+from visionops.inference import Predictor
+from visionops.registry.model_uri import get_model_version, parse_model_uri
 
 log = logging.getLogger(__name__)
 

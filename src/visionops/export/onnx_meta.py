@@ -1,16 +1,19 @@
 """The ONNX file's ``metadata_props``: everything needed to run it without the project.
 
 Keys are strings, values are strings (JSON where structured). Written by ``export``, read by
-``inference.Predictor`` — no torch involved in reading.
+:class:`~visionops.export.onnx_model.OnnxClassifier` — no torch involved in reading.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
+from visionops.errors import VisionOpsError
 from visionops.images import PreprocessSpec
 
+INPUT, OUTPUT = "input", "logits"  # graph input (N, 3, H, W) and output (N, C) names
 CLASS_NAMES = "visionops.class_names"  # JSON list, index = output column
 PREPROCESS = "visionops.preprocess"  # JSON of PreprocessSpec
 BACKBONE = "visionops.backbone"
@@ -42,3 +45,19 @@ def parse_metadata(props: dict[str, str]) -> tuple[list[str], PreprocessSpec, di
         PreprocessSpec.from_dict(json.loads(props[PREPROCESS])),
         props,
     )
+
+
+def write_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Replace the file's ``metadata_props`` with ``metadata`` and run the full checker."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    model.doc_string = "VisionOps image classifier; preprocessing and labels in metadata_props"
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise VisionOpsError(f"{path}: onnx.checker rejects the export: {exc}") from None
+    onnx.save(model, str(path))

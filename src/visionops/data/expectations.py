@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from visionops.scan import COLUMNS, SPLIT_FOLDERS
+from visionops.data.scan import COLUMNS, SPLIT_FOLDERS
 
 log = logging.getLogger(__name__)
 

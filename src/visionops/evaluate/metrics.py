@@ -13,13 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, stable for large logits; (N, C) -> (N, C) float32."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """(C, C) int64 counts; row = true class, column = predicted class."""
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)

@@ -26,13 +26,15 @@ import numpy as np
 import yaml
 
 from visionops.config import Config
+from visionops.data.split import split_rows
 from visionops.errors import VisionOpsError
-from visionops.evaluate import training_run
-from visionops.inference import Predictor, load_one
+from visionops.evaluate.metrics import label_scores
+from visionops.evaluate.stage import training_run
+from visionops.export.onnx_model import OnnxClassifier
+from visionops.images import load_one
 from visionops.io import write_json
-from visionops.metrics import label_scores
 from visionops.paths import stage_paths
-from visionops.scoring import split_rows
+from visionops.registry.model_uri import resolve_registry_model
 from visionops.tracking import lineage_tags, setup_tracking, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ def dvc_lock_hashes(root: Path) -> dict[str, str]:
     return tags
 
 
-def predicted_labels(predictor: Predictor, files: list[Path]) -> list[str | None]:
+def predicted_labels(predictor: OnnxClassifier, files: list[Path]) -> list[str | None]:
     return [p.label for p in predictor.iter_predict(files, top_k=1)]
 
 
@@ -107,7 +109,7 @@ def decide(new: float, champion: float | None, margin: float) -> tuple[str, str]
     return CHALLENGER, f"does not beat the champion by more than {margin:g} ({new - champion:+.4f})"
 
 
-def _signature_and_example(predictor: Predictor, files: list[Path]):
+def _signature_and_example(predictor: OnnxClassifier, files: list[Path]):
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
@@ -156,7 +158,7 @@ def run(config: Config) -> RegisterResult:
         setup_tracking(config)
         uri = tracking_uri(config)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    new = Predictor(p.onnx_model)
+    new = OnnxClassifier(p.onnx_model)
     # The new model's classes (+ any test label): a class with no test image counts as F1 = 0,
     # exactly as in evaluate's metrics.json, so the two stages report the same macro-F1.
     classes = sorted(set(labels) | set(new.labels))
@@ -210,7 +212,10 @@ def run(config: Config) -> RegisterResult:
         champion_version = str(champion.version)
         try:
             log.info("scoring champion version %s on %d test images", champion_version, len(files))
-            old = Predictor(f"models:/{name}/{champion_version}", tracking_uri=uri)
+            champion_uri = f"models:/{name}/{champion_version}"
+            old = OnnxClassifier(
+                resolve_registry_model(champion_uri, uri).path, source=champion_uri
+            )
             champion_score = label_scores(labels, predicted_labels(old, files), classes)[metric]
         except VisionOpsError as exc:
             log.warning(

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from visionops.config import Config
-from visionops.orchestrate import PIPELINE_STAGES, StageResult
-from visionops.override_params import ParamChange
+from visionops.orchestrate.override_params import ParamChange
+from visionops.orchestrate.stages import PIPELINE_STAGES, StageResult
+from visionops.orchestrate.version_data import DataVersion
 from visionops.paths import SPLITS, stage_paths
 from visionops.tracking import tracking_uri
-from visionops.version_data import DataVersion
 
 log = logging.getLogger(__name__)
 

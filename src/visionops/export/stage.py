@@ -3,15 +3,16 @@
 1. ``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``, explicit opset), input
    ``input`` (N, 3, H, W) and output ``logits`` (N, C) with a dynamic batch axis;
 2. ``metadata_props``: class names, PreprocessSpec, backbone, git commit, data version, params
-   hash (:mod:`visionops.onnx_meta`), then ``onnx.checker`` (full check);
+   hash (:mod:`visionops.export.onnx_meta`), then ``onnx.checker`` (full check);
 3. the batch axis is run at sizes 1, 3 and 17 in ONNX Runtime (and rows must not depend on the
    batch they are in);
 4. parity gate on the real validation images, both sides fed by the inference preprocessing:
    100% top-1 agreement and max |Δprob| <= ``export.parity_max_abs_diff``. Parity is not
    correctness (a broken model exports faithfully), so the ONNX model's validation accuracy must
    also match what training recorded for the checkpoint;
-5. optionally int8 (:mod:`visionops.quantize`: static QDQ, per-channel, calibrated on training
-   images) with its test accuracy delta and speed-up, as ``model.int8.onnx`` beside the model.
+5. optionally int8 (:mod:`visionops.export.quantize`: static QDQ, per-channel, calibrated on
+   training images) with its test accuracy delta and speed-up, as ``model.int8.onnx`` beside
+   the model.
 
 Any failure raises and leaves no ``model.onnx`` behind: the file is built beside the target and
 renamed into place only after every check passed.
@@ -29,21 +30,19 @@ from pathlib import Path
 import numpy as np
 
 from visionops.config import Config
+from visionops.data.split import split_rows
 from visionops.errors import VisionOpsError
-from visionops.evaluate import load_checkpoint
-from visionops.images import PreprocessSpec
-from visionops.inference import build_session, preprocess_batches
+from visionops.evaluate.stage import load_checkpoint
+from visionops.export.onnx_meta import INPUT, OUTPUT, build_metadata, write_metadata
+from visionops.images import PreprocessSpec, preprocess_batches
 from visionops.io import atomic_path, write_json
-from visionops.metrics import softmax
-from visionops.onnx_meta import build_metadata
-from visionops.paths import stage_paths
-from visionops.scoring import split_rows
+from visionops.onnxrt import build_session, softmax
+from visionops.paths import display_path, stage_paths
 from visionops.tracking import lineage_tags
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZES = (1, 3, 17)
-INPUT, OUTPUT = "input", "logits"
 
 
 @dataclass(frozen=True)
@@ -88,22 +87,6 @@ def export_onnx(model, path: Path, image_size: int, opset: int) -> None:
             dynamo=False,
             do_constant_folding=True,
         )
-
-
-def write_metadata(path: Path, metadata: dict[str, str]) -> None:
-    """Replace the file's ``metadata_props`` with ``metadata`` and run the full checker."""
-    import onnx
-
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in metadata.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    model.doc_string = "VisionOps image classifier; preprocessing and labels in metadata_props"
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise VisionOpsError(f"{path}: onnx.checker rejects the export: {exc}") from None
-    onnx.save(model, str(path))
 
 
 def check_dynamic_batch(session, image_size: int, n_classes: int) -> list[int]:
@@ -157,11 +140,6 @@ def parity_check(model, session, files: list[Path], spec: PreprocessSpec, batch_
         "_torch_pred": tp.argmax(1),
         "_onnx_probs": op,
     }
-
-
-def _shown(path: Path, root: Path) -> str:
-    """``path`` relative to the project root when inside it (reports stay portable)."""
-    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
 def _recorded_val_accuracy(ckpt: dict) -> float | None:
@@ -224,7 +202,7 @@ def run(config: Config) -> ExportResult:
         seconds = time.perf_counter() - started
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     report = {
-        "onnx_path": _shown(target, config.root),
+        "onnx_path": display_path(target, config.root),
         "opset": config.export.opset,
         "input": INPUT,
         "output": OUTPUT,
@@ -249,7 +227,7 @@ def run(config: Config) -> ExportResult:
     }
     if config.export.int8:
         try:
-            from visionops.quantize import int8_report
+            from visionops.export.quantize import int8_report
 
             report["int8"] = int8_report(config, session, target, metadata, spec)
         except VisionOpsError:

@@ -1,4 +1,4 @@
-"""``visionops predict`` and ``visionops evaluate-folder``: parse, call, print. Torch-free.
+"""``visionops predict``, ``evaluate-folder`` and ``lineage``: parse, call, print. Torch-free.
 
 Exit codes: 0 when every input was classified, 1 when some input could not be read (its row
 says why; the others are still printed).
@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 
 from visionops.errors import VisionOpsError
-from visionops.inference import Prediction, Predictor, list_images
-from visionops.scoring import image_folder, score_labeled
+from visionops.export.onnx_model import Prediction
+from visionops.images import list_images
+from visionops.inference import Predictor
+from visionops.registry.lineage import describe
+from visionops.registry.scoring import image_folder, score_labeled
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +96,8 @@ def evaluate_folder(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if report["n_images"] == 0 else 0
+
+
+def lineage(args: argparse.Namespace) -> int:
+    print(json.dumps(describe(args.model, args.tracking_uri), indent=2, default=str))
+    return 0

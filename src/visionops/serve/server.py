@@ -17,8 +17,8 @@ from typing import Any
 
 from visionops.config import Config
 from visionops.errors import VisionOpsError
-from visionops.serve_app import TOKEN_ENV, ServeSettings, create_app
-from visionops.serve_model import ModelHolder
+from visionops.serve.app import TOKEN_ENV, ServeSettings, create_app
+from visionops.serve.holder import ModelHolder
 from visionops.tracking import tracking_uri
 
 log = logging.getLogger(__name__)

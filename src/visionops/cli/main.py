@@ -26,6 +26,17 @@ STAGES = {
     "register": "register the ONNX model in MLflow; move @champion only if it is better",
 }
 
+# Where each command's ``run(config)`` lives (imported only when the command runs).
+STAGE_MODULES = {
+    "validate": "data.validate",
+    "split": "data.split",
+    "train": "train",
+    "lr_find": "train.lr_find",
+    "evaluate": "evaluate.stage",
+    "export": "export.stage",
+    "register": "registry.register",
+}
+
 
 def _parse_override(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
@@ -43,7 +54,7 @@ def _config(args: argparse.Namespace):
 
 def _run_stage(module: str, **kwargs: Any) -> Callable[[argparse.Namespace], Any]:
     def call(args: argparse.Namespace) -> Any:
-        stage = import_module(f"visionops.{module}")
+        stage = import_module(f"visionops.{STAGE_MODULES[module]}")
         return stage.run(_config(args), **{k: getattr(args, v) for k, v in kwargs.items()})
 
     return call
@@ -103,7 +114,7 @@ def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ URIs")
-    p.set_defaults(func=lambda a: import_module("visionops.predict_cli").predict(a))
+    p.set_defaults(func=lambda a: import_module("visionops.cli.predict").predict(a))
 
     p = sub.add_parser(
         "evaluate-folder",
@@ -112,21 +123,21 @@ def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model")
     p.add_argument("folder")
     p.add_argument("--tracking-uri", default=None)
-    p.set_defaults(func=lambda a: import_module("visionops.predict_cli").evaluate_folder(a))
+    p.set_defaults(func=lambda a: import_module("visionops.cli.predict").evaluate_folder(a))
 
     p = sub.add_parser(
         "lineage", help="commit, data version, params, metrics and run of a model version"
     )
     p.add_argument("model", help="models:/<name>@<alias> or models:/<name>/<version>")
     p.add_argument("--tracking-uri", default=None)
-    p.set_defaults(func=lambda a: import_module("visionops.lineage").show(a))
+    p.set_defaults(func=lambda a: import_module("visionops.cli.predict").lineage(a))
 
     p = sub.add_parser("serve", help="serve a model over HTTP (upload page at /)")
     _add_common(p)
     p.add_argument("--model", default=None, help="default: serve.model in params")
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
-    p.set_defaults(func=lambda a: import_module("visionops.serve").main(a, _config(a)))
+    p.set_defaults(func=lambda a: import_module("visionops.serve.server").main(a, _config(a)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from visionops.inference import Predictor
-from visionops.serve_uploads import Upload, sniff
+from visionops.serve.uploads import Upload, sniff
 
 Rows = list[dict]
 

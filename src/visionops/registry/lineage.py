@@ -1,4 +1,4 @@
-"""``visionops lineage <models:/...>``: where a registered version came from, as JSON.
+"""Where a registered version came from (``visionops lineage <models:/...>`` prints it).
 
 Commit, data version and params hash come from the version's tags (set by ``register`` from the
 ONNX export); params and metrics from the MLflow run the model was logged to.
@@ -6,11 +6,9 @@ ONNX export); params and metrics from the MLflow run the model was logged to.
 
 from __future__ import annotations
 
-import argparse
-import json
 from datetime import UTC, datetime
 
-from visionops.inference import default_tracking_uri, get_model_version
+from visionops.registry.model_uri import default_tracking_uri, get_model_version
 
 
 def describe(model_uri: str, tracking_uri: str | None = None) -> dict:
@@ -54,8 +52,3 @@ def describe(model_uri: str, tracking_uri: str | None = None) -> dict:
         out["params"] = dict(sorted(run.data.params.items()))
         out["metrics"] = dict(sorted(run.data.metrics.items()))
     return out
-
-
-def show(args: argparse.Namespace) -> int:
-    print(json.dumps(describe(args.model, args.tracking_uri), indent=2, default=str))
-    return 0

@@ -1,8 +1,8 @@
 """Data versioning for an orchestrated run: ``data/`` becomes a new ``data.dvc`` version only when
 its content changed; ``dvc push`` sends data and cached outputs to the default DVC remote.
 
-Both run ``dvc`` as a subprocess (see :mod:`visionops.orchestrate`); a busy DVC lock or an
-unreachable remote raises :class:`~visionops.orchestrate.Transient` (worth a retry), anything
+Both run ``dvc`` as a subprocess (see :mod:`visionops.orchestrate.stages`); a busy DVC lock or an
+unreachable remote raises :class:`~visionops.orchestrate.stages.Transient` (worth a retry), anything
 else a plain :class:`~visionops.errors.VisionOpsError`.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from visionops.errors import DataError, VisionOpsError
-from visionops.orchestrate import (
+from visionops.orchestrate.stages import (
     DVC_LOCKED,
     LineSink,
     Transient,

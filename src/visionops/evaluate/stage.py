@@ -30,20 +30,19 @@ from pathlib import Path
 import numpy as np
 
 from visionops.config import Config
+from visionops.data.split import split_rows
 from visionops.errors import DataError, VisionOpsError
-from visionops.images import PreprocessSpec, open_image
-from visionops.inference import preprocess_batches
-from visionops.io import write_json, write_text
-from visionops.metrics import (
+from visionops.evaluate.metrics import (
     calibration_bins,
     classification_report,
     confusion_matrix,
     pr_curve,
     roc_curve,
-    softmax,
 )
+from visionops.images import PreprocessSpec, open_image, preprocess_batches
+from visionops.io import write_json, write_text
+from visionops.onnxrt import softmax
 from visionops.paths import stage_paths
-from visionops.scoring import split_rows
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +230,7 @@ def write_reports(
     config: Config, files: Sequence[Path], y: np.ndarray, probs: np.ndarray, names: list[str]
 ) -> dict:
     """All evaluate outputs from (files, true indices, probabilities); returns the metrics."""
-    from visionops import plots
+    from visionops.evaluate import plots as plots
 
     p = stage_paths(config)
     out = p.evaluate_dir

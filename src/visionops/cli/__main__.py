@@ -1,0 +1,7 @@
+"""``python -m visionops.cli``."""
+
+import sys
+
+from visionops.cli.main import main
+
+sys.exit(main())

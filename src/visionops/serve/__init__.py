@@ -1,0 +1,1 @@
+"""``visionops serve``: the HTTP service (upload page, limits, alias reload) over the Predictor."""
