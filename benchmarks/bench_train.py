@@ -39,9 +39,9 @@ from visionops.offline import apply_offline_env
 from visionops.train.data import ImageCache, SplitData
 from visionops.train.devices import setup_runtime
 from visionops.train.features import load_or_compute
-from visionops.train.loop import ArraySource, Entry, set_trainable, train_epoch, warmup_cosine
+from visionops.train.loop import ArraySource, Entry, set_trainable, train_epoch
 from visionops.train.models import create_model, preprocess_spec
-from visionops.train.trainer import finetune_cut
+from visionops.train.schedule import finetune_cut, warmup_cosine
 
 RESULTS = Path(__file__).parent / "results" / "bench_train.json"
 

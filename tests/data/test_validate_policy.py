@@ -18,7 +18,8 @@ from PIL import Image
 from tests.data.imagegen import make_dataset, tree_digest, write_image
 from visionops.data import validate as validate
 from visionops.data.expectations import check_manifest
-from visionops.data.scan import allowed_formats, scan_images
+from visionops.data.inspect_file import allowed_formats
+from visionops.data.scan import scan_images
 from visionops.errors import DataError
 from visionops.paths import stage_paths
 

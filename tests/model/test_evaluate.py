@@ -16,6 +16,7 @@ from tests.toy_project import make_checkpoint, make_project
 from visionops.config import Config
 from visionops.errors import DataError, VisionOpsError
 from visionops.evaluate import stage as evaluate
+from visionops.evaluate.write_reports import write_reports
 from visionops.io import write_json
 from visionops.paths import stage_paths
 from visionops.tracking import setup_tracking, tracking_uri
@@ -107,7 +108,7 @@ def test_binary_and_many_class_reports_without_a_model(tmp_path: Path) -> None:
     probs = np.array(
         [[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.8, 0.2], [0.1, 0.9]], dtype=np.float32
     )
-    metrics = evaluate.write_reports(cfg, files, y, probs, ["blue", "red"])
+    metrics = write_reports(cfg, files, y, probs, ["blue", "red"])
     plots = stage_paths(cfg).evaluate_dir / "plots"
     assert {"roc.png", "pr.png"} <= {p.name for p in plots.iterdir()}
     assert 0 <= metrics["roc_auc"] <= 1 and "average_precision" in metrics
@@ -117,7 +118,7 @@ def test_binary_and_many_class_reports_without_a_model(tmp_path: Path) -> None:
     probs7 = np.full((7, 7), 0.04, dtype=np.float32)
     probs7[np.arange(7), (np.arange(7) + 1) % 7] = 0.5  # always wrong ...
     probs7[np.arange(7), np.arange(7)] = 0.3  # ... but the true class is the runner-up
-    metrics = evaluate.write_reports(cfg, [cfg.data_dir / "x.png"] * 7, np.arange(7), probs7, names)
+    metrics = write_reports(cfg, [cfg.data_dir / "x.png"] * 7, np.arange(7), probs7, names)
     assert metrics["accuracy"] == 0.0 and metrics["top5_accuracy"] == 1.0
     assert not (plots / "roc.png").exists()  # stale binary plots are cleared
 

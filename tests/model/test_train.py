@@ -19,7 +19,7 @@ from visionops.tracking import tracking_uri
 from visionops.train.checkpoint import load_checkpoint, load_model
 from visionops.train.data import read_splits
 from visionops.train.lr_find import run as lr_find
-from visionops.train.trainer import run_key
+from visionops.train.resume import run_key
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 

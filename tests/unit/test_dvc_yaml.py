@@ -60,3 +60,18 @@ def test_every_stage_runs_the_cli(repo_root: Path) -> None:
     assert list(stages) == ["validate", "split", "train", "evaluate", "export", "register"]
     for name, stage in stages.items():
         assert stage["cmd"] == f"visionops {name}"
+
+
+def test_code_deps_exist_and_cover_each_stage_module(repo_root: Path) -> None:
+    """A moved module must move in dvc.yaml too, or DVC stops noticing code changes."""
+    from visionops.cli.main import STAGE_MODULES
+
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        code = [d for d in stage["deps"] if d.startswith("src/")]
+        missing = [d for d in code if not (repo_root / d).exists()]
+        assert not missing, f"stage {name}: deps that do not exist: {missing}"
+        module = repo_root / "src/visionops" / STAGE_MODULES[name].replace(".", "/")
+        own = module if module.is_dir() else module.with_suffix(".py")
+        covered = any(own == repo_root / d or own.is_relative_to(repo_root / d) for d in code)
+        assert covered, f"stage {name}: {own.relative_to(repo_root)} is not among its deps"

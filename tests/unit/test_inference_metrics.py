@@ -1,4 +1,4 @@
-"""Metrics math (numpy only) against hand-computed values."""
+"""Metrics (scikit-learn + the hand-written rest) against hand-computed values."""
 
 from __future__ import annotations
 
@@ -96,3 +96,8 @@ def test_label_scores_counts_unknown_and_missing_predictions_as_wrong() -> None:
     scores = label_scores(true, ["cat", "lion", "dog", None], ["cat", "dog"])
     assert scores["accuracy"] == 0.5
     assert scores["macro_f1"] == pytest.approx(2 / 3)  # both classes: P=1, R=0.5
+
+
+def test_binary_report_on_no_images_has_no_curves() -> None:
+    report = classification_report(np.zeros(0, np.int64), np.zeros((0, 2)), ["a", "b"])
+    assert report["n_images"] == 0 and "roc_auc" not in report

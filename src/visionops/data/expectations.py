@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from visionops.data.scan import COLUMNS, SPLIT_FOLDERS
+from visionops.data.inspect_file import COLUMNS
+from visionops.data.scan import SPLIT_FOLDERS
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def preload_in_background() -> threading.Thread:
 def check_manifest(
     usable: pd.DataFrame, min_side: int, max_pixels: int, formats: frozenset[str]
 ) -> ExpectationsResult:
-    """Validate the usable rows of a manifest (``scan.COLUMNS``); never raises on bad data."""
+    """Validate the usable rows of a manifest (:data:`COLUMNS`); never raises on bad data."""
     gx = import_gx()
     gxe = gx.expectations
     from great_expectations.data_context.types.base import ProgressBarsConfig

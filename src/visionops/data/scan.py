@@ -4,85 +4,43 @@ Layout. ``data/<label>/**/<file>`` (flat), or, when every top-level folder is a 
 ``train/`` is one of them, ``data/<train|val|validation|test>/<label>/**/<file>`` (pre-split;
 ``validation`` is reported as ``val``). Files nested deeper inside a class folder belong to it.
 
-Each row (see :data:`COLUMNS`): ``path`` relative to ``data/`` (POSIX), ``label``,
-``split_hint`` (pre-split layout only), ``sha256`` of the bytes, ``bytes``, PIL ``format`` and
-``mode`` (the *stored* mode, e.g. CMYK or I;16, so the report can count what loading will
-normalise), ``width``/``height`` *after* EXIF orientation, ``orientation`` (EXIF tag, 1 = upright),
-``usable`` and ``problem`` (``"<kind>: <detail>"``, empty when usable).
-
 Skipped, never read: hidden files/folders (``.DS_Store``, ``._*``, any dot-name), files directly
 under ``data/`` (or directly under a split folder), extensions outside ``validate.extensions``,
 symlinks whose target is outside ``data/`` (never followed), symlinked folders (never followed:
-loops and double counting), sockets/FIFOs. Read but skipped: zero-byte, unidentifiable,
-truncated/corrupt (JPEGs are decoded whole at 1/8 scale, which parses every block for a third
-of the cost; other formats go through :func:`visionops.images.open_image`, the loader training
-uses), smaller than ``min_side``, over ``max_pixels`` (only the header is parsed; the pixels are
-never decoded).
+loops and double counting), sockets/FIFOs. Every other file is read and judged in a worker
+process by :func:`visionops.data.inspect_file.inspect_file`, which also says what a row holds
+(:data:`~visionops.data.inspect_file.COLUMNS`) and what makes a read file unusable.
 
 Nothing under ``data/`` is ever written; files are opened read-only.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import multiprocessing
 import os
 import stat
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
-from PIL import Image
 from tqdm import tqdm
 
-from visionops.images import ImageLoadError, open_image
+from visionops.data.inspect_file import (
+    COLUMNS,
+    FileTask,
+    ScanRules,
+    allowed_formats,
+    inspect_file,
+    skip_row,
+)
 
 log = logging.getLogger(__name__)
 
-# fmt: off
-COLUMNS = [
-    "path", "label", "split_hint", "sha256", "bytes", "format", "mode",
-    "width", "height", "orientation", "usable", "problem",
-]
-# fmt: on
 SPLIT_FOLDERS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
-_READ_ALL_BELOW = 64 * 1024 * 1024  # bytes: smaller files are read once for hash + decode
 _IN_PROCESS_BELOW = 64  # files: smaller scans skip the process pool (its start-up costs more)
-_ROTATING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
-_JPEG_FORMATS = {"JPEG", "MPO"}  # decoded at 1/8 scale: every block is still parsed
-
-
-@dataclass(frozen=True)
-class ScanRules:
-    """What each worker needs to judge one file (small, pickled once per chunk)."""
-
-    min_side: int
-    max_pixels: int
-    allowed_formats: frozenset[str]
-
-
-@dataclass(frozen=True)
-class _Task:
-    abs_path: str
-    rel: str
-    label: str | None
-    split_hint: str | None
-
-
-def allowed_formats(extensions: list[str]) -> frozenset[str]:
-    """PIL format names matching the configured extensions (``.jpg`` -> JPEG, MPO for phones)."""
-    Image.init()
-    registered = Image.registered_extensions()
-    formats = {registered[e] for e in extensions if e in registered}
-    if "JPEG" in formats:
-        formats.add("MPO")  # multi-picture JPEG written by many phone cameras
-    return frozenset(formats)
 
 
 def _hidden(name: str) -> bool:
@@ -100,13 +58,6 @@ def detect_layout(data_dir: Path) -> str:
     if names and "train" in names and names <= set(SPLIT_FOLDERS):
         return "presplit"
     return "flat"
-
-
-def _skip(rel: str, label: str | None, hint: str | None, problem: str) -> dict:
-    row = dict.fromkeys(COLUMNS)
-    row.update(path=rel, label=label, split_hint=hint, usable=False, problem=problem)
-    row.update(sha256="", format="", mode="", orientation=1)
-    return row
 
 
 def _folder_problem(full: str, name: str) -> str | None:
@@ -140,12 +91,14 @@ def _file_problem(
     return None
 
 
-def _walk(data_dir: Path, extensions: set[str]) -> tuple[list[_Task], list[dict], list[str], str]:
+def _walk(
+    data_dir: Path, extensions: set[str]
+) -> tuple[list[FileTask], list[dict], list[str], str]:
     """List files; return (tasks to read, rows already decided, class folder names, layout)."""
     root_real = os.path.realpath(data_dir)
     layout = detect_layout(data_dir)
     label_depth = 2 if layout == "presplit" else 1  # data/<label>/ or data/<split>/<label>/
-    tasks: list[_Task] = []
+    tasks: list[FileTask] = []
     decided: list[dict] = []
     classes: set[str] = set()
 
@@ -162,7 +115,7 @@ def _walk(data_dir: Path, extensions: set[str]) -> tuple[list[_Task], list[dict]
         kept = []
         for d in sorted(dirnames):
             if problem := _folder_problem(os.path.join(dirpath, d), d):
-                decided.append(_skip(rel(d) + "/", label, hint, problem))
+                decided.append(skip_row(rel(d) + "/", label, hint, problem))
                 continue
             kept.append(d)
             if len(parts) + 1 == label_depth:
@@ -172,106 +125,10 @@ def _walk(data_dir: Path, extensions: set[str]) -> tuple[list[_Task], list[dict]
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             if problem := _file_problem(full, name, label, where, root_real, extensions):
-                decided.append(_skip(rel(name), label, hint, problem))
+                decided.append(skip_row(rel(name), label, hint, problem))
             else:
-                tasks.append(_Task(full, rel(name), label, hint))
+                tasks.append(FileTask(full, rel(name), label, hint))
     return tasks, decided, sorted(classes), layout
-
-
-@contextmanager
-def _no_pil_bomb_check():
-    """PIL's own bomb check raises before we can read the size; ``max_pixels`` guards instead."""
-    saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
-    try:
-        yield
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
-
-
-def _sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _decode_jpeg_scaled(source: bytes | str) -> None:
-    """Decode every block of a JPEG at 1/8 scale (libjpeg DCT scaling): ~3x cheaper than a full
-    decode, and a truncated or broken entropy stream still fails because the whole stream is
-    consumed. Raises :class:`ImageLoadError` like :func:`~visionops.images.open_image`."""
-    try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
-            img.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageLoadError(f"corrupt or truncated image: {exc}") from None
-
-
-def inspect_file(task: _Task, rules: ScanRules) -> dict:
-    """Judge one file: hash it, parse its header, decode it unless the header rules it out."""
-    row = _skip(task.rel, task.label, task.split_hint, "")
-    try:
-        size = os.stat(task.abs_path).st_size
-        row["bytes"] = size
-        if size == 0:
-            row["problem"] = "zero bytes: empty file"
-            return row
-        if size < _READ_ALL_BELOW:
-            with open(task.abs_path, "rb") as fh:
-                data = fh.read()
-            row["sha256"] = hashlib.sha256(data).hexdigest()
-            source: bytes | str = data
-        else:
-            row["sha256"] = _sha256_file(task.abs_path)
-            source = task.abs_path
-    except OSError as exc:
-        row["problem"] = f"unreadable: {exc.strerror or exc}"
-        return row
-
-    with _no_pil_bomb_check():
-        try:
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-                fmt, mode, (width, height) = img.format or "", img.mode, img.size
-                try:
-                    orientation = int(img.getexif().get(0x0112, 1) or 1)
-                except Exception:  # a broken EXIF block is the loader's problem, not a rotation
-                    orientation = 1
-        except Image.UnidentifiedImageError:
-            row["problem"] = "not an image: unrecognised content"
-            return row
-        except Exception as exc:  # PIL raises many types on garbage headers
-            row["problem"] = f"corrupt: {exc}"
-            return row
-    if orientation in _ROTATING_ORIENTATIONS:
-        width, height = height, width
-    row.update(format=fmt, mode=mode, width=width, height=height, orientation=orientation)
-
-    if fmt not in rules.allowed_formats:
-        row["problem"] = (
-            f"format not allowed: {fmt} (allowed: {', '.join(sorted(rules.allowed_formats))})"
-        )
-    elif width * height > rules.max_pixels:
-        row["problem"] = (
-            f"too large: {width}x{height} = {width * height:,} pixels > "
-            f"validate.max_pixels {rules.max_pixels:,}; not decoded"
-        )
-    elif min(width, height) < rules.min_side:
-        row["problem"] = f"too small: {width}x{height} < validate.min_side {rules.min_side}"
-    else:
-        try:
-            if fmt in _JPEG_FORMATS:
-                _decode_jpeg_scaled(source)
-            else:
-                open_image(source, max_pixels=rules.max_pixels)
-        except ImageLoadError as exc:
-            row["problem"] = f"corrupt: {exc}"
-        except Exception as exc:  # e.g. MemoryError, odd codec failures: still a bad file
-            row["problem"] = f"corrupt: {type(exc).__name__}: {exc}"
-        else:
-            row["usable"] = True
-    return row
 
 
 def _pool_context():
@@ -284,7 +141,7 @@ def _pool_context():
     return context
 
 
-def _inspect_all(tasks: list[_Task], rules: ScanRules, workers: int) -> list[dict]:
+def _inspect_all(tasks: list[FileTask], rules: ScanRules, workers: int) -> list[dict]:
     bar = tqdm(
         total=len(tasks),
         desc="validate: scan",

@@ -32,7 +32,8 @@ import pandas as pd
 
 from visionops.config import Config
 from visionops.data.expectations import ExpectationsResult, check_manifest, preload_in_background
-from visionops.data.scan import allowed_formats, scan_images
+from visionops.data.inspect_file import allowed_formats
+from visionops.data.scan import scan_images
 from visionops.errors import DataError
 from visionops.io import write_json, write_text, write_with
 from visionops.paths import stage_paths

@@ -1,23 +1,30 @@
-"""Classification metrics in plain numpy (no torch, no scikit-learn): shared by evaluate,
-register's champion/challenger comparison and ``visionops evaluate-folder``.
+"""Classification metrics (numpy + scikit-learn, no torch): shared by evaluate, register's
+champion/challenger comparison and ``visionops evaluate-folder``.
 
 Conventions: ``y_true`` is an int array of class indices (N,); ``probs`` is (N, C) float with rows
 summing to 1. A class with no true and no predicted samples gets precision = recall = F1 = 0 and
 is still counted in the macro average (the honest choice: the model never shows it can find it).
+Empty input gives zeros rather than sklearn's "Found empty input array" error.
+
+scikit-learn computes the confusion matrix, P/R/F1, accuracy and the ROC/PR curves; what stays
+in numpy is what it lacks or does differently: top-k accuracy, log loss and calibration/ECE.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn import metrics as skm
+from sklearn.exceptions import UndefinedMetricWarning
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """(C, C) int64 counts; row = true class, column = predicted class."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
-    return cm
+    if len(y_true) == 0:
+        return np.zeros((n_classes, n_classes), np.int64)
+    return skm.confusion_matrix(y_true, y_pred, labels=np.arange(n_classes)).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -28,18 +35,28 @@ class PerClass:
     support: np.ndarray  # true samples per class
 
 
-def per_class_scores(cm: np.ndarray) -> PerClass:
-    tp = np.diag(cm).astype(np.float64)
-    predicted = cm.sum(axis=0).astype(np.float64)
-    support = cm.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    return PerClass(precision, recall, f1, support)
+def per_class_scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> PerClass:
+    """P/R/F1/support for classes ``0..n_classes-1``; 0 where undefined (nothing predicted/true).
+
+    A prediction outside that range is wrong for its true class and counts for no class.
+    """
+    if len(y_true) == 0:
+        n = n_classes
+        return PerClass(np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n, np.int64))
+    p, r, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=np.arange(n_classes), zero_division=0.0
+    )
+    return PerClass(p, r, f1, support.astype(np.int64))  # sklearn: float if no prediction is right
+
+
+def _accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(skm.accuracy_score(y_true, y_pred)) if len(y_true) else 0.0
 
 
 def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
+    # Not sklearn's top_k_accuracy_score: that one rejects 2-column scores for 2 classes, warns
+    # for k >= C, rejects empty input and needs labels= when a class is absent from y_true; it
+    # also breaks ties towards the higher class index, which would change past numbers.
     if len(y_true) == 0:
         return 0.0
     k = min(k, probs.shape[1])
@@ -50,10 +67,11 @@ def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
 def calibration_bins(
     y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Equal-width confidence bins of the top-1 prediction.
+    """Equal-width confidence bins of the top-1 prediction; a value on an edge joins the lower bin.
 
     Returns (mean confidence per bin, accuracy per bin, count per bin, ECE). Empty bins hold NaN
     confidence/accuracy. ECE = sum over bins of |accuracy - confidence| weighted by bin share.
+    sklearn has no ECE, and its ``calibration_curve`` drops empty bins and returns no counts.
     """
     conf = probs.max(axis=1)
     correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
@@ -70,33 +88,44 @@ def calibration_bins(
     return mean_conf, mean_acc, counts, ece
 
 
-def _ranked_counts(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """At each distinct score threshold (highest first): true positives, predicted positives;
-    plus the number of positives. Shared by the ROC and PR curves."""
-    order = np.argsort(-scores, kind="mergesort")
-    y = (np.asarray(y_true)[order] == 1).astype(np.float64)
-    s = scores[order]
-    distinct = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
-    return np.cumsum(y)[distinct], distinct + 1, float(y.sum())
-
-
 def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Binary ROC for positive class 1: (false-positive rate, true-positive rate, AUC)."""
-    tps, predicted, pos = _ranked_counts(y_true, scores)
-    fps = predicted - tps
-    neg = len(y_true) - pos
-    tpr = np.r_[0.0, tps / pos] if pos else np.zeros(len(tps) + 1)
-    fpr = np.r_[0.0, fps / neg] if neg else np.zeros(len(fps) + 1)
-    return fpr, tpr, float(np.trapezoid(tpr, fpr))
+    """Binary ROC for positive class 1: (false-positive rate, true-positive rate, AUC).
+
+    One point per distinct score, starting at (0, 0); AUC is the trapezoid area under exactly
+    these points. With a single class in ``y_true`` the undefined rate is 0 (so AUC = 0) where
+    sklearn warns and gives NaN.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        fpr, tpr, _ = skm.roc_curve(y_true, scores, pos_label=1, drop_intermediate=False)
+    fpr, tpr = np.nan_to_num(fpr), np.nan_to_num(tpr)
+    return fpr, tpr, float(skm.auc(fpr, tpr))
 
 
 def pr_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """Binary precision-recall for positive class 1: (recall, precision, average precision)."""
-    tps, predicted, pos = _ranked_counts(y_true, scores)
-    precision = tps / predicted
-    recall = tps / pos if pos else np.zeros_like(tps)
-    ap = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    return np.r_[0.0, recall], np.r_[1.0, precision], ap
+    """Binary precision-recall for positive class 1: (recall, precision, average precision).
+
+    One point per distinct score in order of rising recall, starting at (0, 1). Without positive
+    samples recall is 0 everywhere (sklearn warns and sets it to 1) and AP is 0.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "No positive class found in y_true")
+        precision, recall, _ = skm.precision_recall_curve(
+            y_true, scores, pos_label=1, drop_intermediate=False
+        )
+        ap = skm.average_precision_score(y_true, scores, pos_label=1)
+    if not np.any(np.asarray(y_true) == 1):
+        recall = np.zeros_like(recall)
+    return recall[::-1], precision[::-1], float(ap)
+
+
+def _macro(pc: PerClass, classes: np.ndarray) -> dict:
+    """Unweighted means over the selected classes (a bool mask)."""
+    return {
+        "macro_f1": float(pc.f1[classes].mean()),
+        "macro_precision": float(pc.precision[classes].mean()),
+        "macro_recall": float(pc.recall[classes].mean()),
+    }
 
 
 def classification_report(
@@ -112,24 +141,23 @@ def classification_report(
     y_true = np.asarray(y_true, dtype=np.int64)
     n_classes = len(class_names)
     y_pred = probs.argmax(axis=1)
-    cm = confusion_matrix(y_true, y_pred, n_classes)
-    pc = per_class_scores(cm)
+    pc = per_class_scores(y_true, y_pred, n_classes)
     weights = pc.support / max(pc.support.sum(), 1)
     avg = pc.support > 0 if present_only and pc.support.any() else np.ones(n_classes, bool)
+    # Not sklearn's log_loss: it clips at the dtype's eps on both ends (1.2e-7 for float32
+    # probabilities, so even a sure right answer costs 1.2e-7) instead of a 1e-12 floor.
     p_true = probs[np.arange(len(y_true)), y_true]
     _, _, _, ece = calibration_bins(y_true, probs)
     report: dict = {
-        "accuracy": float(np.mean(y_pred == y_true)) if len(y_true) else 0.0,
-        "macro_f1": float(pc.f1[avg].mean()) if n_classes else 0.0,
-        "macro_precision": float(pc.precision[avg].mean()) if n_classes else 0.0,
-        "macro_recall": float(pc.recall[avg].mean()) if n_classes else 0.0,
+        "accuracy": _accuracy(y_true, y_pred),
+        **_macro(pc, avg),
         "weighted_f1": float(np.sum(pc.f1 * weights)),
         "log_loss": float(np.mean(-np.log(np.clip(p_true, 1e-12, 1.0)))) if len(y_true) else 0.0,
         "ece": ece,
     }
     if n_classes > 5:
         report["top5_accuracy"] = top_k_accuracy(y_true, probs, 5)
-    if n_classes == 2:
+    if n_classes == 2 and len(y_true):  # no curve without images (all may be unreadable)
         report["roc_auc"] = roc_curve(y_true, probs[:, 1])[2]
         report["average_precision"] = pr_curve(y_true, probs[:, 1])[2]
     report["n_images"] = len(y_true)
@@ -153,21 +181,12 @@ def label_scores(true: list[str], predicted: list[str | None], classes: list[str
     unreadable image) is simply wrong; macro averages run over ``classes`` only.
     """
     index = {c: i for i, c in enumerate(classes)}
-    other = len(classes)
     y = np.array([index[t] for t in true], dtype=np.int64)
-    p = np.array([index.get(q, other) if q is not None else other for q in predicted], np.int64)
-    cm = confusion_matrix(y, p, len(classes) + 1)[: len(classes), :]
-    tp = np.diag(cm[:, : len(classes)]).astype(np.float64)
-    predicted_n = cm.sum(axis=0)[: len(classes)].astype(np.float64)
-    support = cm.sum(axis=1).astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted_n > 0, tp / predicted_n, 0.0)
-        recall = np.where(support > 0, tp / support, 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    # Unknown labels and None map to len(classes): no class's column, so never a hit.
+    p = np.array([index.get(q, len(classes)) for q in predicted], dtype=np.int64)
+    pc = per_class_scores(y, p, len(classes))
     return {
-        "accuracy": float(np.mean(y == p)) if len(y) else 0.0,
-        "macro_f1": float(f1.mean()),
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
+        "accuracy": _accuracy(y, p),
+        **_macro(pc, np.ones(len(classes), bool)),
         "n_images": len(y),
     }

@@ -10,18 +10,16 @@ Writes (paths declared in ``paths.py`` and ``dvc.yaml``):
 - ``plots/``: confusion matrix (counts + row-normalised), reliability diagram, top-loss gallery,
   ROC and PR curves for binary tasks.
 
-Images go through :func:`visionops.images.preprocess`, the same transform ONNX inference uses.
+Images go through :func:`visionops.images.preprocess`, the same transform ONNX inference uses;
+the files are written from the predictions by :mod:`visionops.evaluate.write_reports`.
 Metrics and files are also logged to the training's MLflow run (``artifacts/train/run.json``).
 """
 
 from __future__ import annotations
 
-import csv
-import io as _io
 import json
 import logging
 import re
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,15 +30,8 @@ import numpy as np
 from visionops.config import Config
 from visionops.data.split import split_rows
 from visionops.errors import DataError, VisionOpsError
-from visionops.evaluate.metrics import (
-    calibration_bins,
-    classification_report,
-    confusion_matrix,
-    pr_curve,
-    roc_curve,
-)
-from visionops.images import PreprocessSpec, open_image, preprocess_batches
-from visionops.io import write_json, write_text
+from visionops.evaluate.write_reports import write_reports
+from visionops.images import PreprocessSpec, preprocess_batches
 from visionops.onnxrt import softmax
 from visionops.paths import stage_paths
 
@@ -173,115 +164,6 @@ def log_to_mlflow(config: Config, metrics: dict, folder: Path, artifact_path: st
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in scalars.items()])
     client.log_artifacts(run_id, str(folder), artifact_path)
     return run_id
-
-
-def _per_class_csv(cm: np.ndarray, report: dict, names: list[str]) -> str:
-    buf = _io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(
-        ["class", "precision", "recall", "f1", "support", "most_confused_with", "confused_count"]
-    )
-    for i, name in enumerate(names):
-        row = report["per_class"][name]
-        off = cm[i].copy()
-        off[i] = 0
-        j = int(off.argmax())
-        confused = (names[j], int(off[j])) if off[j] > 0 else ("", 0)
-        writer.writerow(
-            [
-                name,
-                f"{row['precision']:.4f}",
-                f"{row['recall']:.4f}",
-                f"{row['f1']:.4f}",
-                row["support"],
-                *confused,
-            ]
-        )
-    return buf.getvalue()
-
-
-def _label_issues(
-    files: Sequence[Path], y: np.ndarray, probs: np.ndarray, names: list[str], data_dir: Path
-) -> list[dict]:
-    """Misclassified images, highest loss (-log p(given label)) first."""
-    pred = probs.argmax(axis=1)
-    p_true = probs[np.arange(len(y)), y]
-    loss = -np.log(np.clip(p_true, 1e-12, 1.0))
-    rows = []
-    for rank, i in enumerate(sorted(np.nonzero(pred != y)[0], key=lambda k: -loss[k]), start=1):
-        path = Path(files[i])
-        shown = path.relative_to(data_dir).as_posix() if path.is_relative_to(data_dir) else path
-        rows.append(
-            {
-                "rank": rank,
-                "path": str(shown),
-                "label": names[y[i]],
-                "predicted": names[pred[i]],
-                "p_label": round(float(p_true[i]), 6),
-                "p_predicted": round(float(probs[i, pred[i]]), 6),
-                "loss": round(float(loss[i]), 6),
-                "_file": path,
-            }
-        )
-    return rows
-
-
-def write_reports(
-    config: Config, files: Sequence[Path], y: np.ndarray, probs: np.ndarray, names: list[str]
-) -> dict:
-    """All evaluate outputs from (files, true indices, probabilities); returns the metrics."""
-    from visionops.evaluate import plots as plots
-
-    p = stage_paths(config)
-    out = p.evaluate_dir
-    report = classification_report(y, probs, names)
-    cm = confusion_matrix(y, probs.argmax(axis=1), len(names))
-    issues = _label_issues(files, y, probs, names, config.data_dir)
-
-    write_text(out / "per_class.csv", _per_class_csv(cm, report, names))
-    buf = _io.StringIO()
-    fields = ["rank", "path", "label", "predicted", "p_label", "p_predicted", "loss"]
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(issues)
-    write_text(out / "label_issues.csv", buf.getvalue())
-
-    plot_dir = out / "plots"
-    shutil.rmtree(plot_dir, ignore_errors=True)  # no stale ROC from a former binary run
-    plots.confusion_matrix_png(cm, names, plot_dir / "confusion_matrix.png")
-    plots.confusion_matrix_png(
-        cm, names, plot_dir / "confusion_matrix_normalized.png", normalize=True
-    )
-    conf, acc, counts, ece = calibration_bins(y, probs)
-    plots.reliability_png(conf, acc, counts, ece, plot_dir / "reliability.png")
-    if len(names) == 2:
-        fpr, tpr, auc = roc_curve(y, probs[:, 1])
-        plots.curve_png(fpr, tpr, plot_dir / "roc.png", kind="roc", score=auc, positive=names[1])
-        rec, prec, ap = pr_curve(y, probs[:, 1])
-        plots.curve_png(rec, prec, plot_dir / "pr.png", kind="pr", score=ap, positive=names[1])
-    gallery = []
-    for row in issues[: config.evaluate.top_losses]:
-        try:
-            img = open_image(row["_file"])
-        except Exception:  # noqa: BLE001 - a gallery thumbnail is not worth failing for
-            continue
-        gallery.append(
-            plots.GalleryItem(
-                img,
-                row["label"],
-                row["predicted"],
-                row["p_predicted"],
-                row["p_label"],
-                name=Path(row["path"]).name,
-            )
-        )
-    plots.gallery_png(
-        gallery,
-        plot_dir / "top_losses.png",
-        title=f"top {len(gallery)} losses (most confidently wrong test images)",
-    )
-    write_json(p.evaluate_metrics, report)
-    return report
 
 
 def run(config: Config) -> EvaluateResult:

@@ -11,9 +11,9 @@ Nothing here imports torch (a test checks it); MLflow is imported only for ``mod
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from visionops.export.onnx_model import OnnxClassifier
-from visionops.images import DEFAULT_MAX_PIXELS
 from visionops.registry.model_uri import resolve_registry_model
 
 
@@ -21,29 +21,15 @@ class Predictor(OnnxClassifier):
     """An :class:`OnnxClassifier` that also takes ``models:/`` URIs (downloaded or located in the
     MLflow store at ``tracking_uri``, default: the project's)."""
 
-    def __init__(
-        self,
-        model: Path | str,
-        tracking_uri: str | None = None,
-        *,
-        device: str = "auto",
-        threads: int | None = None,
-        batch_size: int = 32,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-    ) -> None:
+    def __init__(self, model: Path | str, tracking_uri: str | None = None, **options: Any) -> None:
+        """``options``: ``device`` ("auto" | "cpu" | "cuda"), ``threads``, ``batch_size``,
+        ``max_pixels``, as for :class:`OnnxClassifier`."""
         source = str(model)
         resolved = None
         if source.startswith("models:/"):
             resolved = resolve_registry_model(source, tracking_uri)
             model = resolved.path
-        super().__init__(
-            model,
-            source=source,
-            device=device,
-            threads=threads,
-            batch_size=batch_size,
-            max_pixels=max_pixels,
-        )
+        super().__init__(model, source=source, **options)
         if resolved is not None:
             self.model_name, self.model_version = resolved.name, resolved.version
             self.run_id, self.version_tags = resolved.run_id, resolved.tags

@@ -1,9 +1,10 @@
 """Stage ``train``: transfer learning from the split, tracked in MLflow, resumable.
 
-``run(config)`` trains (see :mod:`visionops.train.trainer` for the schedule and where the
-checkpoints live); ``run(config, overfit_batch=True)`` drives one batch to ~100% accuracy.
-Submodules: ``models`` (backbone factory), ``checkpoint`` (save / ``load_model``), ``data``
-(uint8 cache, transforms), ``features`` (frozen-layer cache), ``loop``, ``devices``.
+``run(config)`` trains (see :mod:`visionops.train.trainer` for the schedule and
+:mod:`visionops.train.resume` for where the checkpoints live); ``run(config, overfit_batch=True)``
+drives one batch to ~100% accuracy. Submodules: ``models`` (backbone factory), ``checkpoint``
+(save / ``load_model``), ``data`` (uint8 cache, transforms), ``features`` (frozen-layer cache),
+``schedule`` (phases, optimizers), ``run_phase`` (the epochs), ``loop``, ``devices``.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,10 @@ from tqdm import tqdm
 
 from visionops.config import Config
 from visionops.images import PreprocessSpec
-from visionops.train.data import ImageCache, ImageDataset, SplitData, normalize_batch
+from visionops.train.data import ImageCache, ImageDataset, SplitData
 from visionops.train.devices import Runtime
 from visionops.train.models import Classifier
+from visionops.train.run_frozen import Frozen, ort_runner, resolve_engine, torch_runner
 
 log = logging.getLogger(__name__)
 
@@ -120,27 +120,6 @@ def _open(folder: Path, cut: int) -> FeatureStore:
     )
 
 
-class _Frozen(torch.nn.Module):
-    """uint8 image batch -> (activations after unit cut-1, pooled backbone output)."""
-
-    def __init__(self, model: Classifier, cut: int, spec: PreprocessSpec) -> None:
-        super().__init__()
-        self.model = model
-        self.cut = cut
-        self.spec = spec
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        acts = self.model.body[: self.cut](normalize_batch(x, self.spec))
-        return acts, self.model.pooled(acts, self.cut)
-
-
-def _engine(config: Config, runtime: Runtime) -> str:
-    engine = config.train.feature_engine
-    if engine == "auto":
-        engine = "onnxruntime" if runtime.device.type == "cpu" else "torch"
-    return engine
-
-
 def _compute(
     config: Config,
     model: Classifier,
@@ -153,16 +132,16 @@ def _compute(
     folder: Path,
 ) -> None:
     views = config.train.feature_views
-    frozen = _Frozen(model, cut, spec).eval()
+    frozen = Frozen(model, cut, spec).eval()
     keep = 0 < cut < len(model.body)
-    engine = _engine(config, runtime)
+    engine = resolve_engine(config, runtime)
     work = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_mkdir(folder.parent)))
     started = time.perf_counter()
     try:
         infer = (
-            _ort_runner(frozen, spec, work)
+            ort_runner(frozen, spec, work)
             if engine == "onnxruntime"
-            else _torch_runner(frozen, runtime)
+            else torch_runner(frozen, runtime)
         )
         total = views * len(train) + len(val)
         bar = tqdm(total=total, desc="frozen features", unit="img", leave=False, disable=None)
@@ -278,47 +257,3 @@ def _batches(dataset: ImageDataset, runtime: Runtime) -> Iterator[torch.Tensor]:
     loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, num_workers=0)
     for x, _ in loader:
         yield x
-
-
-def _torch_runner(frozen: _Frozen, runtime: Runtime):
-    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
-    frozen = frozen.to(runtime.device, memory_format=memory_format)
-
-    def run(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        x = batch.to(runtime.device, memory_format=memory_format)
-        with torch.inference_mode(), runtime.autocast():
-            acts, pooled = frozen(x)
-        return acts.float().cpu().numpy(), pooled.float().cpu().numpy()
-
-    return run
-
-
-def _ort_runner(frozen: _Frozen, spec: PreprocessSpec, work: Path):
-    import onnxruntime as ort
-
-    path = work / "frozen.onnx"
-    example = torch.zeros(1, 3, spec.image_size, spec.image_size, dtype=torch.uint8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation chatter
-        torch.onnx.export(
-            frozen.cpu(),
-            (example,),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["input"],
-            output_names=["acts", "pooled"],
-            dynamic_axes={"input": {0: "n"}, "acts": {0: "n"}, "pooled": {0: "n"}},
-        )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3
-    # No busy-waiting between batches: the augmenting worker process needs that core.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        acts, pooled = session.run(None, {"input": batch.numpy()})
-        return acts, pooled
-
-    return run

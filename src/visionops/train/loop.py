@@ -286,15 +286,3 @@ def evaluate(
         f1_score(y.numpy(), pred, labels=np.arange(num_classes), average="macro", zero_division=0)
     )
     return EvalStats(loss, float((pred == y.numpy()).mean()), f1, out.numpy())
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int, floor: float = 0.01):
-    """LR multiplier: linear warm-up from ~0 to 1, then cosine down to ``floor``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor

@@ -99,7 +99,7 @@ def run(config: Config) -> LrFindResult:
 
 def _cut(config: Config, n_units: int) -> int:
     # the same cut as training, so the cached features are shared with `visionops train`
-    from visionops.train.trainer import finetune_cut
+    from visionops.train.schedule import finetune_cut
 
     t = config.train
     return finetune_cut(t.finetune_blocks, n_units) if t.finetune_epochs else n_units
