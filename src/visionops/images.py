@@ -155,7 +155,7 @@ def load_one(source: Source, spec: PreprocessSpec, max_pixels: int) -> np.ndarra
     if isinstance(source, str | Path) and not Path(source).is_file():
         return "is a folder, not a file" if Path(source).is_dir() else "file not found"
     try:
-        return preprocess(open_image(source, max_pixels=max_pixels), spec)
+        return load_and_preprocess(source, spec, max_pixels)
     except ImageLoadError as exc:
         return str(exc)
     except PermissionError:

@@ -1,9 +1,9 @@
 """An exported ``.onnx`` classifier read back: session, class names and preprocessing from its
 metadata, and batched classification of image files, arrays or bytes.
 
-:class:`OnnxClassifier` is what the export parity gate, register's champion/challenger scoring
-and :class:`visionops.inference.Predictor` (which adds ``models:/`` URIs) share. One ONNX Runtime
-session is shared: ``predict`` may be called from several threads. Torch-free.
+:class:`OnnxClassifier` is what register's champion/challenger scoring, ``evaluate-folder``
+scoring and :class:`visionops.inference.Predictor` (which adds ``models:/`` URIs) share. One ONNX
+Runtime session is shared: ``predict`` may be called from several threads. Torch-free.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from visionops.errors import VisionOpsError
-from visionops.export.onnx_meta import parse_metadata
+from visionops.export.onnx_meta import BACKBONE, parse_metadata
 from visionops.images import DEFAULT_MAX_PIXELS, Source, describe_source, preprocess_batches
 from visionops.onnxrt import build_session, default_threads, softmax
 
@@ -106,7 +106,7 @@ class OnnxClassifier:
             "provider": self.provider,
             "labels": list(self.labels),
             "preprocess": self.spec.to_dict(),
-            "backbone": self.metadata.get("visionops.backbone"),
+            "backbone": self.metadata.get(BACKBONE),
         }
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:

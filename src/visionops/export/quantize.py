@@ -17,7 +17,7 @@ import numpy as np
 from visionops.config import Config
 from visionops.data.split import split_rows
 from visionops.errors import VisionOpsError
-from visionops.export.onnx_meta import INPUT, write_metadata
+from visionops.export.onnx_meta import CLASS_NAMES, INPUT, write_metadata
 from visionops.images import PreprocessSpec, preprocess_batches
 from visionops.io import atomic_path
 from visionops.onnxrt import build_session, default_threads, softmax
@@ -129,4 +129,4 @@ def int8_report(
 
 
 def _labels(metadata: dict[str, str]) -> list[str]:
-    return json.loads(metadata["visionops.class_names"])
+    return json.loads(metadata[CLASS_NAMES])

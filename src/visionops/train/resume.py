@@ -74,10 +74,10 @@ def save_epoch(
 ) -> None:
     """After an epoch (rank 0): ``best.pt`` if the score improved, then ``last.pt`` always, with
     everything :func:`load_resume` needs to continue after this epoch."""
-    epoch = row["epoch"]
+    checkpoint = model_checkpoint(ctx, row["epoch"], row)
     if improved:
-        save_checkpoint(state_dir / "best.pt", model_checkpoint(ctx, epoch, row))
-    last = model_checkpoint(ctx, epoch, row)
+        save_checkpoint(state_dir / "best.pt", checkpoint)
+    last = dict(checkpoint)
     last.update(
         optimizer_state=optimizer.state_dict(),
         scheduler_state=scheduler.state_dict(),

@@ -18,6 +18,7 @@ import torch
 
 from visionops.config import Config
 from visionops.images import PreprocessSpec
+from visionops.onnxrt import build_session
 from visionops.train.data import normalize_batch
 from visionops.train.devices import Runtime
 from visionops.train.models import Classifier
@@ -64,8 +65,6 @@ def ort_runner(frozen: Frozen, spec: PreprocessSpec, work: Path):
 
     ``frozen`` (and so the model it wraps) is moved to the CPU in place for the export.
     """
-    import onnxruntime as ort
-
     path = work / "frozen.onnx"
     example = torch.zeros(1, 3, spec.image_size, spec.image_size, dtype=torch.uint8)
     with warnings.catch_warnings():
@@ -80,12 +79,8 @@ def ort_runner(frozen: Frozen, spec: PreprocessSpec, work: Path):
             output_names=["acts", "pooled"],
             dynamic_axes={"input": {0: "n"}, "acts": {0: "n"}, "pooled": {0: "n"}},
         )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3
-    # No busy-waiting between batches: the augmenting worker process needs that core.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # CPU, no busy-waiting between batches (the augmenting work needs that core).
+    session, _ = build_session(path, device="cpu", threads=torch.get_num_threads())
 
     def run(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         acts, pooled = session.run(None, {"input": batch.numpy()})
