@@ -15,7 +15,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help install demo test test-fast lint format ui bench serve deploy schedule pipeline clean
+.PHONY: help install demo repro test test-fast lint format ui bench serve deploy schedule trigger pipeline clean
 
 help: ## list the targets
 	@echo "VisionOps — fresh machine: 'make demo' then 'make test'."
@@ -36,6 +36,11 @@ data/: | $(STAMP)
 demo: $(STAMP) data/ ## set up and run the whole pipeline (dvc repro) on the bundled sample
 	$(BIN)/dvc repro
 	@$(BIN)/python -m visionops.orchestrate.demo_summary
+
+repro: $(STAMP) ## your images in data/<class>/: a new data version (dvc add data), then dvc repro
+	@test -d data || { echo "no data/: put one folder per class under data/ (README: Your own images)"; exit 1; }
+	$(BIN)/dvc add -q data
+	$(BIN)/dvc repro
 
 test: $(STAMP) ## set up and run the test suite
 	$(BIN)/python -m pytest -q
@@ -73,6 +78,10 @@ deploy: $(STAMP) ## serve the flow as deployment training-pipeline/scheduled on 
 schedule: $(STAMP) ## list the deployment and its cron schedule on the Prefect server
 	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect deployment ls
 	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect deployment schedule ls training-pipeline/scheduled
+
+DEPLOYMENT ?= training-pipeline/scheduled
+trigger: $(STAMP) ## run the served deployment now (needs make deploy; ARGS="--param force=true --watch")
+	PREFECT_API_URL=$(PREFECT_API) $(BIN)/prefect deployment run $(DEPLOYMENT) $(ARGS)
 
 pipeline: $(STAMP) data/ ## run the Prefect flow once now (ARGS="--force --set train.head_epochs=1")
 	@if $(PREFECT_UP); then export PREFECT_API_URL=$(PREFECT_API); \

@@ -5,9 +5,15 @@ this flow and a plain ``dvc repro`` do exactly the same work and skip exactly th
 ``dvc.lock`` and the DVC cache stay the single record of what is up to date. Logic lives in the
 library; this file only wires it to Prefect (tasks, retries, logs, artifacts).
 
+Each task waits for the one before it (``wait_for``), so the flow-run graph in the UI is the
+chain apply-params -> version-data -> validate -> ... -> register [-> dvc-push -> commit-lineage];
+task runs are named like their tasks (no random suffix). The report and the per-class table are
+created in the flow body, so they belong to the flow run, not to a task run.
+
 Run once, now (local temporary Prefect server unless ``PREFECT_API_URL`` is set)::
 
-    python flows/pipeline.py [--force] [--push] [--set train.head_epochs=1] [--project DIR]
+    python flows/pipeline.py [--force] [--push] [--commit] [--set train.head_epochs=1]
+                             [--project DIR]
 
 Scheduled: ``flows/serve_deployment.py`` (``make deploy``). Guide: ``docs/ORCHESTRATION.md``.
 """
@@ -31,6 +37,7 @@ from visionops.config import load_config
 from visionops.offline import apply_offline_env
 from visionops.orchestrate import stages as orchestrate
 from visionops.orchestrate import version_data as data_versioning
+from visionops.orchestrate.commit_lineage import LineageCommit, commit_lineage
 from visionops.orchestrate.override_params import ParamChange, override_params
 from visionops.orchestrate.run_report import PipelineRun, build_report, per_class_rows
 from visionops.orchestrate.stages import PIPELINE_STAGES, StageResult
@@ -57,7 +64,7 @@ def _transient_only(task, task_run, state) -> bool:
 _RETRY = {"retries": 3, "retry_delay_seconds": [10, 30, 90], "retry_condition_fn": _transient_only}
 
 
-@task(name="apply-params", cache_policy=NO_CACHE)
+@task(name="apply-params", task_run_name="apply-params", cache_policy=NO_CACHE)
 def apply_params(project: str, params: dict[str, Any]) -> list[ParamChange]:
     changes = override_params(Path(project) / "params.yaml", params)
     logger = get_run_logger()
@@ -68,7 +75,7 @@ def apply_params(project: str, params: dict[str, Any]) -> list[ParamChange]:
     return changes
 
 
-@task(name="version-data", cache_policy=NO_CACHE, **_RETRY)
+@task(name="version-data", task_run_name="version-data", cache_policy=NO_CACHE, **_RETRY)
 def version_data(project: str) -> DataVersion:
     logger = get_run_logger()
     cfg = load_config(Path(project) / "params.yaml")
@@ -78,9 +85,11 @@ def version_data(project: str) -> DataVersion:
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)
-def dvc_stage(project: str, stage: str, force: bool) -> StageResult:
+def dvc_stage(project: str, stage: str, force: bool, experiment: str | None = None) -> StageResult:
     logger = get_run_logger()
-    result = orchestrate.run_stage(project, stage, force=force, on_line=logger.info)
+    result = orchestrate.run_stage(
+        project, stage, force=force, on_line=logger.info, experiment=experiment
+    )
     logger.info(result.summary())
     return result
 
@@ -88,12 +97,23 @@ def dvc_stage(project: str, stage: str, force: bool) -> StageResult:
 STAGE_TASKS = {s: dvc_stage.with_options(name=s, task_run_name=s) for s in PIPELINE_STAGES}
 
 
-@task(name="dvc-push", cache_policy=NO_CACHE, **_RETRY)
-def push_data(project: str) -> None:
+@task(name="dvc-push", task_run_name="dvc-push", cache_policy=NO_CACHE, **_RETRY)
+def push_data(project: str) -> str:
     data_versioning.push(project, on_line=get_run_logger().info)
+    return f"dvc push from {project}: done"  # a fresh object: what the next task waits for
 
 
-@task(name="record-in-mlflow", cache_policy=NO_CACHE)
+@task(name="commit-lineage", task_run_name="commit-lineage", cache_policy=NO_CACHE)
+def commit_run_lineage(project: str) -> LineageCommit:
+    """git-commit data.dvc, dvc.lock and params.yaml; point the version's git_commit tag at it."""
+    logger = get_run_logger()
+    cfg = load_config(Path(project) / "params.yaml")
+    result = commit_lineage(cfg, flow_run=str(flow_run.get_name() or ""), on_line=logger.info)
+    logger.info(result.summary())
+    return result
+
+
+@task(name="record-in-mlflow", task_run_name="record-in-mlflow", cache_policy=NO_CACHE)
 def record_in_mlflow(project: str, overrides: list[ParamChange]) -> str | None:
     """Tag the training run with this flow run and the overrides it applied."""
     cfg = load_config(Path(project) / "params.yaml")
@@ -108,8 +128,9 @@ def record_in_mlflow(project: str, overrides: list[ParamChange]) -> str | None:
     return run_id
 
 
-@task(name="publish-report", cache_policy=NO_CACHE)
 def publish_report(project: str, run: PipelineRun) -> str:
+    """The report and the per-class table as artifacts of the flow run (called in the flow body:
+    created inside a task, they would belong to that task run and show "Flow run: None")."""
     cfg = load_config(Path(project) / "params.yaml")
     markdown = build_report(cfg, run)
     create_markdown_artifact(
@@ -133,6 +154,7 @@ def training_pipeline(
     params: dict[str, Any] | None = None,
     push: bool = False,
     project: str | None = None,
+    commit: bool = False,
 ) -> dict[str, str]:
     """Run the whole pipeline once; returns ``{stage: ran|skipped|restored}``.
 
@@ -142,6 +164,9 @@ def training_pipeline(
             (so a later ``dvc repro`` reproduces this run) and tagged on the MLflow training run.
         push: ``dvc push`` data and outputs to the default DVC remote after a successful run.
         project: the project folder (default: the one holding this ``flows/`` folder).
+        commit: after a fully successful run, ``git commit`` data.dvc, dvc.lock and params.yaml
+            (only those, only if changed) and move the registered version's ``git_commit`` tag
+            to that commit, so the version can be checked out (``visionops reproduce``).
     """
     apply_offline_env()
     root = str(Path(project).resolve() if project else PROJECT)
@@ -151,14 +176,22 @@ def training_pipeline(
         finished = False
         try:
             run.overrides = apply_params(root, params or {})
-            run.data = version_data(root)
+            # A run that changed params is an experiment: register tags its version and moves
+            # no alias unless register.promote_experiments is true (docs/REGISTRY.md).
+            experiment = f"prefect-{run.name}" if run.overrides else None
+            run.data = version_data(root, wait_for=[run.overrides])
+            # Each task waits for the previous one: the graph shows the chain, in order.
+            upstream: Any = run.data
             for stage, stage_task in STAGE_TASKS.items():
                 run.failed_stage = stage
-                run.stages.append(stage_task(root, stage, force))
+                upstream = stage_task(root, stage, force, experiment, wait_for=[upstream])
+                run.stages.append(upstream)
             run.failed_stage = None
             if push:
-                push_data(root)
+                upstream = push_data(root, wait_for=[upstream])
                 run.pushed = True
+            if commit:
+                commit_run_lineage(root, wait_for=[upstream])
             finished = True
         except Exception as exc:
             run.failure = str(exc)
@@ -174,7 +207,7 @@ def _finish(root: str, run: PipelineRun, logger) -> None:
     """Report and MLflow tags, also after a failed stage; their own failure never hides it."""
     try:
         if "train" in run.succeeded and (run.overrides or run.statuses()["train"] == "ran"):
-            record_in_mlflow(root, run.overrides)
+            record_in_mlflow(root, run.overrides, wait_for=run.stages[-1:])
     except Exception as exc:  # noqa: BLE001
         logger.warning("could not tag the MLflow run: %s", exc)
     try:
@@ -195,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="rerun every stage")
     parser.add_argument("--push", action="store_true", help="dvc push after success")
     parser.add_argument(
+        "--commit",
+        action="store_true",
+        help="git commit data.dvc, dvc.lock, params.yaml after success (clean lineage)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         type=_override,
@@ -213,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             params=dict(args.set) or None,
             push=args.push,
             project=args.project,
+            commit=args.commit,
             return_state=True,
         )
     if not state.is_completed():

@@ -10,19 +10,26 @@ Two modes (guide: docs/ORCHESTRATION.md):
   a ``prefect worker start --pool NAME`` executes the runs, pulling the code from ``--source``
   (a git URL or a folder the worker can read; default: this project folder).
 
-    python flows/serve_deployment.py [--name scheduled] [--project DIR]
+    python flows/serve_deployment.py [--name scheduled] [--project DIR] [--commit]
     python flows/serve_deployment.py --pool visionops [--source URL] [--image IMAGE]
+
+``--commit`` makes ``commit: true`` the deployment's default parameter: every scheduled run then
+git-commits ``data.dvc``, ``dvc.lock`` and ``params.yaml`` after success, so the versions it
+registers point at a commit that can be checked out. Without it the default is ``commit: false``
+(a run from the UI can still set it).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from pipeline import PROJECT, training_pipeline
 from prefect.schedules import Cron
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
 from visionops.config import load_config
 from visionops.offline import apply_offline_env
@@ -40,7 +47,39 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--pool", default=None, help="deploy to this work pool instead of serving")
     parser.add_argument("--source", default=None, help="with --pool: git URL or folder of the code")
     parser.add_argument("--image", default=None, help="with --pool: Docker/Kubernetes image")
+    parser.add_argument(
+        "--commit",
+        action="store_true",
+        help="runs git-commit data.dvc, dvc.lock, params.yaml after success (default: off)",
+    )
     return parser
+
+
+def prefect_command(*args: str) -> str:
+    """A ``prefect`` command line that works as typed in any terminal and folder: the ``prefect``
+    beside this interpreter by absolute path (no activated venv needed) and the API URL set on
+    the line itself (``make deploy`` sets it for its own process only)."""
+    beside = Path(sys.executable).parent / "prefect"
+    exe = str(beside) if beside.exists() else "prefect"
+    api = PREFECT_API_URL.value()
+    env = f"PREFECT_API_URL={shlex.quote(api)} " if api else ""
+    return env + shlex.join([exe, *args])
+
+
+def serving_message(deployment: str) -> str:
+    """What ``make deploy`` prints once: how to trigger a run, where to watch it."""
+    if not PREFECT_API_URL.value():
+        return f"serving {deployment} on a temporary server (see the warning above)"
+    lines = [
+        f"Serving {deployment}: this process runs its scheduled and triggered runs "
+        "(Ctrl-C stops it and pauses the schedule).",
+        "Run it now, from any terminal:",
+        f"  {prefect_command('deployment', 'run', deployment)}",
+        "  (add --param force=true to rerun every stage, --watch to wait for the end)",
+    ]
+    if PREFECT_UI_URL.value():
+        lines.append(f"Watch it: {PREFECT_UI_URL.value()}/deployments")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,17 +94,23 @@ def main(argv: list[str] | None = None) -> int:
             " (make deploy does this).",
             file=sys.stderr,
         )
+    parameters = {"project": str(project)} if args.project else {}
+    if args.commit:
+        parameters["commit"] = True
     options = {
         "name": args.name,
         "schedules": [Cron(cfg.schedule.cron, timezone=cfg.schedule.timezone)],
-        "parameters": {"project": str(project)} if args.project else {},
+        "parameters": parameters,
         "tags": ["visionops"],
         "description": f"VisionOps pipeline, cron '{cfg.schedule.cron}' ({cfg.schedule.timezone})"
         " from params.yaml schedule.cron",
     }
     if args.pool is None:
+        # Prefect's own starting message says `prefect deployment run ...`, which fails as typed
+        # without an activated venv and PREFECT_API_URL in that terminal: print one that works.
+        print(serving_message(f"{training_pipeline.name}/{args.name}"), flush=True)
         # limit=1: one run at a time from this process (the pipeline lock guards the rest).
-        training_pipeline.serve(**options, limit=1)
+        training_pipeline.serve(**options, limit=1, print_starting_message=False)
         return 0
     source = args.source or str(PROJECT)
     deployment_id = training_pipeline.from_source(source=source, entrypoint=ENTRYPOINT).deploy(
@@ -77,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"deployment training-pipeline/{args.name} ({deployment_id}) on work pool {args.pool}; "
-        f"start a worker: prefect worker start --pool {args.pool}"
+        f"start a worker: {prefect_command('worker', 'start', '--pool', args.pool)}"
     )
     return 0
 

@@ -29,6 +29,7 @@ def colour_model(
     scale: float = 4.0,
     spec: PreprocessSpec = TOY_SPEC,
     opset: int = 17,
+    train_run_id: str = "",
 ) -> Path:
     """Write an ONNX classifier with visionops metadata: logits = scale * mean_hw(x) @ W."""
     channel_of = channel_of or CHANNEL
@@ -52,7 +53,9 @@ def colour_model(
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
-    for key, value in build_metadata(labels, spec, "toy-colour", git_commit="abc").items():
+    for key, value in build_metadata(
+        labels, spec, "toy-colour", git_commit="abc", train_run_id=train_run_id
+    ).items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)

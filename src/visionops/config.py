@@ -136,6 +136,8 @@ class RegisterParams(_Section):
     model_name: Annotated[str, Field(min_length=1)] = "visionops-classifier"
     metric: Literal["accuracy", "macro_f1"] = "macro_f1"
     min_improvement: Annotated[float, Field(ge=0)] = 0.0
+    min_eval_images: Annotated[int, Field(ge=1)] = 30
+    promote_experiments: bool = False
 
 
 class ScheduleParams(_Section):

@@ -143,15 +143,76 @@ def load_and_preprocess(
     return preprocess(open_image(source, max_pixels=max_pixels), spec)
 
 
-Source = Path | str | bytes
+# One input image: a file path, the bytes of an image file, a decoded PIL image, or an HxWx3 (RGB)
+# / HxW (grayscale) uint8 array.
+Source = Path | str | bytes | bytearray | Image.Image | np.ndarray
+
+
+def check_array(arr: np.ndarray) -> None:
+    """Raise ValueError (naming the shape and dtype, and the likely fix) unless ``arr`` is an
+    HxWx3 RGB or HxW grayscale uint8 image."""
+    shape = tuple(arr.shape)
+    if arr.dtype == np.uint8 and 0 not in shape and (arr.ndim == 2 or arr.shape[2:] == (3,)):
+        return
+    if arr.ndim == 4:
+        hint = "for several images pass a list of HxWx3 arrays"
+    elif arr.ndim == 3 and shape[0] in (1, 3) and shape[2] not in (1, 3):
+        hint = "this looks channels-first: use arr.transpose(1, 2, 0)"
+    elif arr.ndim == 3 and shape[2] == 4:
+        hint = "RGBA: drop the alpha channel with arr[..., :3]"
+    elif arr.ndim == 3 and shape[2] == 1:
+        hint = "grayscale: use arr[..., 0]"
+    elif arr.dtype != np.uint8 and arr.ndim in (2, 3):
+        hint = "scale to 0-255 and convert with .astype(np.uint8)"
+    else:
+        hint = "pass one image as an HxWx3 array"
+    raise ValueError(
+        f"array of shape {shape} and dtype {arr.dtype}: expected an HxWx3 (RGB) or HxW "
+        f"(grayscale) uint8 image; {hint}"
+    )
+
+
+def image_from_array(arr: np.ndarray) -> Image.Image:
+    """HxWx3 (RGB) or HxW (grayscale) uint8 array -> RGB PIL image (see :func:`check_array`)."""
+    check_array(arr)
+    return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """A decoded PIL image treated like the file it came from: EXIF orientation applied, RGB.
+
+    Always a new image: the caller's object is left as it was.
+    """
+    return to_rgb(ImageOps.exif_transpose(img))
 
 
 def describe_source(source: Source, index: int) -> str:
-    return f"<bytes #{index}>" if isinstance(source, bytes | bytearray) else str(source)
+    """How a result names its input: the path, or ``<bytes #i>`` / ``<array #i>`` / ``<image #i>``
+    (a PIL image opened from a file is named by that file)."""
+    if isinstance(source, bytes | bytearray):
+        return f"<bytes #{index}>"
+    if isinstance(source, np.ndarray):
+        return f"<array #{index}>"
+    if isinstance(source, Image.Image):
+        return str(getattr(source, "filename", "") or f"<image #{index}>")
+    return str(source)
 
 
 def load_one(source: Source, spec: PreprocessSpec, max_pixels: int) -> np.ndarray | str:
-    """The preprocessed CHW array, or the error message for a file that cannot be used."""
+    """The preprocessed CHW array, or the error message for a file that cannot be used.
+
+    An array of the wrong shape or dtype raises ValueError (a caller's mistake, not bad data);
+    ``max_pixels`` guards decoding only, so it does not apply to PIL images and arrays.
+    """
+    if isinstance(source, np.ndarray):
+        return preprocess(image_from_array(source), spec)
+    if isinstance(source, Image.Image):
+        try:  # a lazily opened image decodes here, and may be truncated or already closed
+            return preprocess(upright_rgb(source), spec)
+        except (OSError, SyntaxError, ValueError, EOFError, AssertionError) as exc:
+            # PIL asserts when the file of a not-yet-loaded image was closed (a `with` block).
+            detail = str(exc) or "its file was closed before it was loaded (call .load() first)"
+            return f"cannot decode the PIL image: {detail}"
     if isinstance(source, str | Path) and not Path(source).is_file():
         return "is a folder, not a file" if Path(source).is_dir() else "file not found"
     try:

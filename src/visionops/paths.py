@@ -3,6 +3,10 @@
 ``dvc.yaml`` names the same files (through ``${base.artifacts_dir}``);
 ``tests/unit/test_dvc_yaml.py`` checks that the two agree, so a stage and its DVC
 declaration cannot drift apart.
+
+DVC metrics are only the small flat files of numbers (``train/metrics.json``,
+``evaluate/scores.json``), so ``dvc metrics show`` fits a terminal; the richer JSON reports
+(strings, per-class tables, hashes) are plain outputs that people and later stages read.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ class StagePaths:
         return self.root / "validate" / "manifest.csv"
 
     @property
-    def validation_report(self) -> Path:  # JSON, DVC metrics
+    def validation_report(self) -> Path:  # JSON: counts, per class, expectations
         return self.root / "validate" / "report.json"
 
     @property
@@ -37,7 +41,7 @@ class StagePaths:
         return self.root / "split" / f"{split}.csv"
 
     @property
-    def split_counts(self) -> Path:  # JSON, DVC metrics
+    def split_counts(self) -> Path:  # JSON: per split per class, deviation from target
         return self.root / "split" / "counts.json"
 
     # train
@@ -50,11 +54,11 @@ class StagePaths:
         return self.root / "train" / "best.pt"
 
     @property
-    def train_metrics(self) -> Path:  # JSON, DVC metrics
+    def train_metrics(self) -> Path:  # JSON, DVC metrics: flat numbers (validation split)
         return self.root / "train" / "metrics.json"
 
     @property
-    def train_history(self) -> Path:  # CSV one row per epoch, DVC plots
+    def train_history(self) -> Path:  # CSV one row per epoch, DVC plots (learning curves)
         return self.root / "train" / "history.csv"
 
     @property
@@ -62,7 +66,7 @@ class StagePaths:
         return self.root / "train" / "run.json"
 
     @property
-    def train_plots(self) -> Path:  # PNG learning curves
+    def train_plots(self) -> Path:  # PNG learning curves, DVC image plot
         return self.root / "train" / "curves.png"
 
     # evaluate
@@ -71,8 +75,28 @@ class StagePaths:
         return self.root / "evaluate"
 
     @property
-    def evaluate_metrics(self) -> Path:  # JSON, DVC metrics (accuracy, macro_f1, ...)
+    def evaluate_metrics(self) -> Path:  # JSON: every test metric, per_class (read by register)
         return self.root / "evaluate" / "metrics.json"
+
+    @property
+    def evaluate_scores(self) -> Path:  # JSON, DVC metrics: the headline test numbers, flat
+        return self.root / "evaluate" / "scores.json"
+
+    @property
+    def evaluate_predictions(self) -> Path:  # CSV one row per test image, DVC confusion plot
+        return self.root / "evaluate" / "predictions.csv"
+
+    @property
+    def evaluate_per_class(self) -> Path:  # CSV one row per class
+        return self.root / "evaluate" / "per_class.csv"
+
+    @property
+    def evaluate_label_issues(self) -> Path:  # CSV misclassified test images, worst first
+        return self.root / "evaluate" / "label_issues.csv"
+
+    @property
+    def evaluate_plots(self) -> Path:  # PNG folder, DVC image plots
+        return self.root / "evaluate" / "plots"
 
     # export
     @property
@@ -80,7 +104,7 @@ class StagePaths:
         return self.root / "export" / "model.onnx"
 
     @property
-    def export_report(self) -> Path:  # JSON: parity, opset, int8 figures
+    def export_report(self) -> Path:  # JSON: parity, opset, int8 figures, lineage
         return self.root / "export" / "report.json"
 
     # register

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,6 +112,36 @@ def _test_rows(project: Path) -> set[str]:
     return set((project / "artifacts" / "split" / "test.csv").read_text().splitlines()[1:])
 
 
+def _upstream_by_task(flow_run_id: UUID) -> dict[str, set[str]]:
+    """Task run name -> names of the task runs it depends on (``task_inputs``: the edges of the
+    flow-run graph in the Prefect UI). Names must be unique within the run."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with _client() as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    names = {t.id: t.name for t in tasks}
+    assert len(set(names.values())) == len(names), sorted(names.values())
+    return {
+        t.name: {
+            names[i.id]
+            for inputs in t.task_inputs.values()
+            for i in inputs
+            if getattr(i, "input_type", None) == "task_run"
+        }
+        for t in tasks
+    }
+
+
+def _assert_graph_is_the_chain(flow_run_id: UUID, chain: list[str], **extra: set[str]) -> None:
+    """Every task waits for the one before it and nothing else (the report feeds no task)."""
+    expected = {name: {before} for before, name in zip(chain, chain[1:], strict=False)}
+    expected[chain[0]] = set()
+    expected.update(extra)
+    assert _upstream_by_task(flow_run_id) == expected
+
+
 def test_new_images_two_concurrent_runs_end_to_end(
     project: Path, prefect_api: str, prefect_home: Path
 ):
@@ -139,7 +170,11 @@ def test_new_images_two_concurrent_runs_end_to_end(
         for r in results:
             assert client.read_flow_run(UUID(r["flow_run_id"])).state.type.value == "COMPLETED"
     worker = UUID(results[kinds.index({"ran"})]["flow_run_id"])
+    chain = ["apply-params", "version-data", *STAGES, "dvc-push"]
+    _assert_graph_is_the_chain(worker, chain, **{"record-in-mlflow": {"apply-params", "register"}})
     artifacts = _artifacts(worker)
+    for artifact in artifacts.values():  # attached to the flow run, not to a task run
+        assert artifact.flow_run_id == worker and artifact.task_run_id is None, artifact
     report = artifacts["visionops-pipeline-report"].data
     for needle in (
         f"was `{old_md5}`",
@@ -169,6 +204,61 @@ def test_unchanged_data_skips_every_stage_fast(project: Path, flow_module):
     assert "all skipped" in report and "unchanged" in report
 
 
+def test_make_deploy_hint_triggers_a_run_as_printed(
+    project: Path, prefect_api: str, prefect_home: Path, tmp_path: Path
+):
+    """`make deploy` prints how to trigger a run; that line, typed as printed in another terminal
+    (another folder, no venv on PATH, no PREFECT_API_URL), starts a run the served flow executes."""
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(prefect_home)}
+    env["PREFECT_RUNNER_POLL_FREQUENCY"] = "2"  # the runner looks for new runs every 2 s, not 10
+    serve_file = REPO_ROOT / "flows" / "serve_deployment.py"
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, str(serve_file), "--project", str(project), "--name", "hint"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    try:
+        hint, deadline = None, time.monotonic() + 120
+        with _client() as client:  # the hint is printed as serve() starts registering
+            while hint is None or not _deployment_exists(client, "training-pipeline/hint"):
+                assert server.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(1)
+                lines = [ln for ln in log.read_text().splitlines() if "deployment run" in ln]
+                hint = lines[0].strip() if lines else None
+        assert "deployment run training-pipeline/hint" in hint
+        terminal = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+        terminal["PREFECT_HOME"] = str(prefect_home)
+        typed = subprocess.run(
+            ["bash", "-c", hint], cwd=tmp_path, env=terminal, capture_output=True, text=True
+        )
+        assert typed.returncode == 0, typed.stdout + typed.stderr
+        run_id = UUID(re.search(r"UUID: *([0-9a-f-]{36})", typed.stdout).group(1))
+        deadline = time.monotonic() + 300
+        with _client() as client:
+            while not (state := client.read_flow_run(run_id).state).is_final():
+                assert time.monotonic() < deadline, f"triggered run still {state.type}"
+                time.sleep(2)
+        assert state.is_completed(), state.message
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def _deployment_exists(client, name: str) -> bool:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        return False
+    return True
+
+
 def test_param_override_is_written_rerun_and_recorded(project: Path, flow_module):
     before = (project / "params.yaml").read_text()
     state = flow_module.training_pipeline(
@@ -183,7 +273,8 @@ def test_param_override_is_written_rerun_and_recorded(project: Path, flow_module
     assert before != (project / "params.yaml").read_text()
     assert "up to date" in run(["dvc", "status"], project).stdout  # dvc repro reproduces it
     decision = json.loads((project / "artifacts" / "register" / "decision.json").read_text())
-    assert decision["alias"] == "challenger"  # same model cannot beat the champion by 0.5
+    # The export did not change: the same ONNX content is the same version, not a second one.
+    assert decision["already_registered"] and decision["version"] == "1"
 
     from mlflow.tracking import MlflowClient
 
@@ -218,3 +309,33 @@ def test_failing_stage_fails_the_flow_run_with_its_message(
     validate = next(t for t in tasks if t.name == "validate")
     assert validate.run_count == 1, "a deterministic validation failure must not be retried"
     shutil.rmtree(bad, ignore_errors=True)
+
+
+def test_commit_true_commits_the_lineage_and_moves_the_version_tag(project: Path, flow_module):
+    """The runs above left data.dvc, params.yaml (and the new dvc.lock) uncommitted, so the
+    version they registered says `<sha>-dirty`. A run with commit=True commits exactly those
+    files and points the version's git_commit tag at the new commit."""
+    from mlflow.tracking import MlflowClient
+
+    git = ["git"]  # run() works in the project folder
+    base = run([*git, "rev-parse", "HEAD"], project).stdout.strip()
+    (project / "notes.txt").write_text("untracked: never committed\n")
+    state = flow_module.training_pipeline(project=str(project), commit=True, return_state=True)
+    assert state.is_completed(), state.message
+    assert set(state.result().values()) == {"skipped"}
+    head = run([*git, "rev-parse", "HEAD"], project).stdout.strip()
+    assert run([*git, "rev-parse", "HEAD^"], project).stdout.strip() == base
+    committed = run([*git, "show", "--name-only", "--format=", "HEAD"], project).stdout.split()
+    assert sorted(committed) == ["data.dvc", "dvc.lock", "params.yaml"]
+    assert "flow run" in run([*git, "log", "-1", "--format=%B"], project).stdout
+    assert run([*git, "status", "--porcelain", "-uno"], project).stdout == ""
+
+    decision = json.loads((project / "artifacts" / "register" / "decision.json").read_text())
+    client = MlflowClient(decision["tracking_uri"], decision["tracking_uri"])
+    tags = client.get_model_version(decision["model_name"], decision["version"]).tags
+    assert tags["git_commit"] == head and tags["git_dirty"] == ""
+    assert tags["git_commit.at_register"] == f"{base}-dirty"
+    assert tags["git_dirty.at_register"] == "data.dvc"
+
+    again = flow_module.training_pipeline(project=str(project), commit=True, return_state=True)
+    assert again.is_completed() and run([*git, "rev-parse", "HEAD"], project).stdout.strip() == head

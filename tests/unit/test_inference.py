@@ -211,7 +211,7 @@ def test_evaluate_folder_matches_labels_by_name(tmp_path: Path, capsys) -> None:
     model = colour_model(tmp_path / "m.onnx", ["red", "blue", "green"])
     folder = colour_folder(tmp_path / "ext", {"blue": 2, "green": 2, "red": 3, "purple": 2})
     (folder / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff")
-    assert main(["evaluate-folder", str(model), str(folder)]) == 0
+    assert main(["evaluate-folder", str(model), str(folder), "--json"]) == 0
     captured = capsys.readouterr()
     out = json.loads(captured.out)
     assert out["accuracy"] == 1.0 and out["macro_f1"] == 1.0
@@ -225,7 +225,7 @@ def test_evaluate_folder_matches_labels_by_name(tmp_path: Path, capsys) -> None:
 def test_evaluate_folder_subset_of_classes(tmp_path: Path, capsys) -> None:
     model = colour_model(tmp_path / "m.onnx", LABELS)
     folder = colour_folder(tmp_path / "ext", {"red": 2})
-    assert main(["evaluate-folder", str(model), str(folder)]) == 0
+    assert main(["evaluate-folder", str(model), str(folder), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["macro_f1"] == 1.0  # averaged over the classes present
     assert out["missing_classes"] == ["blue", "green"]

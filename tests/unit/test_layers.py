@@ -17,7 +17,10 @@ import pytest
 pytestmark = pytest.mark.unit
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "visionops"
-CORE = {"__init__", "config", "errors", "images", "io", "offline", "onnxrt", "paths", "tracking"}
+CORE = {
+    "__init__", "config", "errors", "failpoints", "images", "io", "locks", "offline", "onnxrt",
+    "paths", "tracking",
+}  # fmt: skip
 LAYERS = [
     "core",
     "data",

@@ -44,6 +44,11 @@ DVC_YAML = {
             "outs": ["never.txt"],
         },
         "crash": {"cmd": f"{PY} -c \"raise ValueError('boom')\"", "outs": ["never2.txt"]},
+        "experiment": {
+            "cmd": f"{PY} -c \"import os; print('experiment', os.environ.get("
+            "'VISIONOPS_EXPERIMENT'))\"",
+            "always_changed": True,
+        },
     }
 }
 
@@ -74,6 +79,17 @@ def test_stage_runs_then_is_skipped_then_forced(repo: Path) -> None:
     assert any(line == "value 1" for line in lines), lines  # the stage's own output streamed
     assert orchestrate.run_stage(repo, "echo").status == "skipped"
     assert orchestrate.run_stage(repo, "echo", force=True).status == "ran"
+
+
+@dvc_repo_test
+def test_an_experiment_run_names_itself_to_the_stage(repo: Path) -> None:
+    """How the Prefect flow's param-override runs reach register (no alias moves)."""
+    lines: list[str] = []
+    orchestrate.run_stage(repo, "experiment", on_line=lines.append, experiment="prefect-odd-fox")
+    assert "experiment prefect-odd-fox" in lines, lines
+    lines.clear()
+    orchestrate.run_stage(repo, "experiment", on_line=lines.append)
+    assert "experiment None" in lines, lines
 
 
 @dvc_repo_test

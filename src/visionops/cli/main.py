@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from importlib import import_module
@@ -12,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from visionops.errors import VisionOpsError
+from visionops.errors import ConfigError, VisionOpsError
 from visionops.offline import apply_offline_env
 
 log = logging.getLogger("visionops")
@@ -37,12 +38,33 @@ STAGE_MODULES = {
     "register": "registry.register",
 }
 
+MODEL_HELP = "a .onnx file, models:/<name>@<alias> or models:/<name>/<version>"
+TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the store in params.yaml)"
+
+
+def _version() -> str:
+    import visionops
+
+    return visionops.__version__
+
 
 def _parse_override(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as YAML (``16``, ``true``, ``[a, b]``); ConfigError if not."""
     key, sep, value = text.partition("=")
+    key = key.strip()
     if not sep or not key:
-        raise VisionOpsError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.batch_size=16")
-    return key.strip(), yaml.safe_load(value)
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.batch_size=16")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark is not None else ""
+        as_string = shlex.quote(f'{key}="{value}"')
+        raise ConfigError(
+            f"--set {key}: {value!r} is not valid YAML ({problem}{where}); fix the value, or "
+            f"quote it to pass it as a string: --set {as_string}"
+        ) from None
 
 
 def _config(args: argparse.Namespace):
@@ -54,8 +76,9 @@ def _config(args: argparse.Namespace):
 
 def _run_stage(module: str, **kwargs: Any) -> Callable[[argparse.Namespace], Any]:
     def call(args: argparse.Namespace) -> Any:
+        config = _config(args)  # a params/--set mistake fails before the stage's heavy imports
         stage = import_module(f"visionops.{STAGE_MODULES[module]}")
-        return stage.run(_config(args), **{k: getattr(args, v) for k, v in kwargs.items()})
+        return stage.run(config, **{k: getattr(args, v) for k, v in kwargs.items()})
 
     return call
 
@@ -81,8 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {_version()}", help="print the version"
+    )
+    # Not required: a bare `visionops` prints this help and exits 0 (see main()).
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", help="run `visionops COMMAND -h` for its options"
+    )
 
     for name, text in STAGES.items():
         p = sub.add_parser(name, help=text, description=text)
@@ -97,52 +125,137 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.set_defaults(func=_run_stage(name))
 
-    p = sub.add_parser(
-        "lr-find", help="sweep the learning rate; write a loss-vs-LR plot and a suggestion"
-    )
+    text = "sweep the learning rate; write a loss-vs-LR plot and a suggestion"
+    p = sub.add_parser("lr-find", help=text, description=text)
     _add_common(p)
     p.set_defaults(func=_run_stage("lr_find"))
 
     _add_inference_commands(sub)
+    _add_champion_commands(sub)
+    _add_reproduce_command(sub)
     return parser
 
 
 def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="classify images with an ONNX model (file or models:/ URI)")
-    p.add_argument("model", help="a .onnx file, models:/<name>@<alias> or models:/<name>/<version>")
-    p.add_argument("images", nargs="+", help="image files or folders")
-    p.add_argument("--top-k", type=int, default=3)
+    text = "classify images with an ONNX model (file or models:/ URI)"
+    p = sub.add_parser("predict", help=text, description=text)
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--top-k", type=int, default=3, help="how many classes to list per image")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for models:/ URIs")
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     p.set_defaults(func=lambda a: import_module("visionops.cli.predict").predict(a))
 
-    p = sub.add_parser(
-        "evaluate-folder",
-        help="accuracy and macro-F1 of a model on any labeled folder (ImageFolder)",
-    )
-    p.add_argument("model")
-    p.add_argument("folder")
-    p.add_argument("--tracking-uri", default=None)
+    text = "accuracy and macro-F1 of a model on any labeled folder (ImageFolder)"
+    p = sub.add_parser("evaluate-folder", help=text, description=text)
+    p.add_argument("model", help=MODEL_HELP)
+    p.add_argument("folder", help="a folder of <label>/<image> sub-folders (ImageFolder layout)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     p.set_defaults(func=lambda a: import_module("visionops.cli.predict").evaluate_folder(a))
 
-    p = sub.add_parser(
-        "lineage", help="commit, data version, params, metrics and run of a model version"
-    )
+    text = "commit, data version, params, metrics and run of a model version"
+    p = sub.add_parser("lineage", help=text, description=text)
     p.add_argument("model", help="models:/<name>@<alias> or models:/<name>/<version>")
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     p.set_defaults(func=lambda a: import_module("visionops.cli.predict").lineage(a))
 
-    p = sub.add_parser("serve", help="serve a model over HTTP (upload page at /)")
+    text = "serve a model over HTTP (upload page at /)"
+    p = sub.add_parser("serve", help=text, description=text)
     _add_common(p)
-    p.add_argument("--model", default=None, help="default: serve.model in params")
-    p.add_argument("--host", default=None)
-    p.add_argument("--port", type=int, default=None)
-    p.set_defaults(func=lambda a: import_module("visionops.serve.server").main(a, _config(a)))
+    p.add_argument("--model", default=None, help=MODEL_HELP + " (default: serve.model in params)")
+    p.add_argument("--host", default=None, help="address to listen on (default: serve.host)")
+    p.add_argument("--port", type=int, default=None, help="TCP port, 1-65535 (default: serve.port)")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    config = _config(args)
+    import_module("visionops.serve.server").main(args, config)
+
+
+def _add_champion_commands(sub: argparse._SubParsersAction) -> None:
+    def moved(record: dict) -> str:
+        return (
+            f"{record['model_name']}: @champion v{record['previous_champion'] or '-'} -> "
+            f"v{record['version']} ({record['action']} by {record['by']} at {record['at']})"
+        )
+
+    p = sub.add_parser(
+        "promote",
+        help="give @champion to a registered version by hand (recorded: reason, user, time)",
+    )
+    p.add_argument("name", help="registered model name, e.g. visionops-classifier")
+    p.add_argument("version", help="the version number to promote")
+    p.add_argument("--reason", "-m", required=True, help="why (shown in the MLflow UI)")
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
+
+    def promote(args: argparse.Namespace) -> int:
+        from visionops.registry.champion import promote
+
+        print(moved(promote(args.name, args.version, args.reason, args.tracking_uri)))
+        return 0
+
+    p.set_defaults(func=promote)
+
+    p = sub.add_parser(
+        "rollback", help="give @champion back to the version that held it before (recorded)"
+    )
+    p.add_argument("name", help="registered model name, e.g. visionops-classifier")
+    p.add_argument("--reason", "-m", required=True, help="why (shown in the MLflow UI)")
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
+
+    def rollback(args: argparse.Namespace) -> int:
+        from visionops.registry.champion import rollback
+
+        print(moved(rollback(args.name, args.reason, args.tracking_uri)))
+        return 0
+
+    p.set_defaults(func=rollback)
+
+
+def _add_reproduce_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help="rebuild a registered version from its commit + data in a temporary git worktree; "
+        "compare split and test metric (exit 0 = reproduced)",
+    )
+    p.add_argument("model", help="models:/<name>@<alias> or models:/<name>/<version>")
+    p.add_argument("--project", default=".", help="the project's git + DVC folder (default: .)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store holding the version")
+    p.add_argument(
+        "--allow-dirty",
+        action="store_true",
+        help="rebuild a version registered from a dirty tree from its base commit",
+    )
+    p.add_argument("--tolerance", type=float, default=0.5, help="max |metric delta| in points")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def call(args: argparse.Namespace) -> int:
+        from visionops.orchestrate.reproduce import reproduce
+
+        result = reproduce(
+            args.model,
+            project=args.project,
+            tracking_uri=args.tracking_uri,
+            allow_dirty=args.allow_dirty,
+            tolerance_pt=args.tolerance,
+            on_line=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+        print(json.dumps(result.to_dict(), indent=2) if args.json else result.table())
+        return 0 if result.reproduced else 1
+
+    p.set_defaults(func=call)
 
 
 def main(argv: list[str] | None = None) -> int:
     apply_offline_env()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `visionops`: show what it can do (exit 0, not a usage error)
+        parser.print_help()
+        return 0
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",

@@ -1,7 +1,7 @@
 """``visionops predict``, ``evaluate-folder`` and ``lineage``: parse, call, print. Torch-free.
 
-Exit codes: 0 when every input was classified, 1 when some input could not be read (its row
-says why; the others are still printed).
+Each prints tables for people, or JSON with ``--json``. Exit codes: 0 when every input was
+classified, 1 when some input could not be read (its row says why; the others are still printed).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from visionops.cli.tables import fields, table
 from visionops.errors import VisionOpsError
 from visionops.export.onnx_model import Prediction
 from visionops.images import list_images
@@ -88,8 +89,8 @@ def evaluate_folder(args: argparse.Namespace) -> int:
         "folder": str(args.folder),
         **report,
     }
-    _emit(json.dumps(out, indent=2))
-    if report["unknown_labels"]:
+    _emit(json.dumps(out, indent=2) if args.json else format_scores(out))
+    if args.json and report["unknown_labels"]:  # the tables list them already
         print(
             "labels the model does not know (left out): "
             + ", ".join(f"{k} ({v})" for k, v in report["unknown_labels"].items()),
@@ -98,6 +99,78 @@ def evaluate_folder(args: argparse.Namespace) -> int:
     return 1 if report["n_images"] == 0 else 0
 
 
+def format_scores(out: dict) -> str:
+    """evaluate-folder's report as text: headline metrics, per-class table, what was left out."""
+    skip = {"n_images", "n_classes", "n_files"}
+    headline = [(k, v) for k, v in out.items() if isinstance(v, float | int) and k not in skip]
+    version = f" (version {out['model_version']})" if out["model_version"] else ""
+    lines = [
+        fields(
+            [
+                ("model", f"{out['model']}{version}"),
+                ("folder", out["folder"]),
+                ("images", f"{out['n_images']} scored of {out['n_files']} files"),
+                *headline,
+            ]
+        ),
+        "",
+        table(
+            ["class", "precision", "recall", "f1", "support"],
+            [
+                [name, s["precision"], s["recall"], s["f1"], s["support"]]
+                for name, s in out["per_class"].items()
+            ],
+            numeric=(1, 2, 3, 4),
+        ),
+    ]
+    if out["missing_classes"]:
+        lines += ["", "classes with no images here: " + ", ".join(out["missing_classes"])]
+    if out["unknown_labels"]:
+        left_out = (f"{k} ({v})" for k, v in out["unknown_labels"].items())
+        lines += ["", "labels the model does not know (left out): " + ", ".join(left_out)]
+    if out["unreadable"]:
+        rows = [[u["path"], u["error"]] for u in out["unreadable"]]
+        lines += ["", f"unreadable ({len(rows)}):", table(["file", "error"], rows)]
+    return "\n".join(lines)
+
+
+def format_lineage(info: dict) -> str:
+    """``describe()``'s record as text: where the version came from, then each group of tags."""
+    aliases = f" (@{', @'.join(info['aliases'])})" if info["aliases"] else ""
+    run = info["run_id"]
+    if run and info.get("run_name"):
+        run = f"{run} ({info['run_name']}, experiment {info.get('experiment_id')})"
+    lines = [
+        f"{info['model_uri']}: {info['name']} version {info['version']}{aliases}",
+        fields(
+            [
+                ("created", info["created"]),
+                ("git commit", info["git_commit"]),
+                ("data version", info["data_version"]),
+                ("params hash", info["params_hash"]),
+                ("run", run),
+                ("source", info["source"]),
+                ("tracking uri", info["tracking_uri"]),
+            ]
+        ),
+    ]
+    groups = [
+        ("decision", "decision"),
+        ("test metrics", "test_metrics"),
+        ("export parity", "parity"),
+        ("dvc.lock", "dvc_lock"),
+        ("params", "params"),
+        ("metrics", "metrics"),
+    ]
+    for title, key in groups:
+        values = info.get(key) or {}
+        lines += ["", f"{title}:" + ("" if values else " -")]
+        if values:
+            lines.append(fields(sorted(values.items()), indent="  "))
+    return "\n".join(lines)
+
+
 def lineage(args: argparse.Namespace) -> int:
-    print(json.dumps(describe(args.model, args.tracking_uri), indent=2, default=str))
+    info = describe(args.model, args.tracking_uri)
+    _emit(json.dumps(info, indent=2, default=str) if args.json else format_lineage(info))
     return 0

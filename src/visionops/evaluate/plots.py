@@ -1,4 +1,5 @@
-"""PNG plots a person can open anywhere (DVC's HTML plots need a CDN; these do not).
+"""PNG plots a person can open anywhere; ``dvc plots show`` shows them too (image plots in
+``dvc.yaml``), next to the Vega charts it draws from ``history.csv`` and ``predictions.csv``.
 
 Built on ``matplotlib.figure.Figure`` directly (Agg canvas, no pyplot): no global backend switch,
 no GUI, safe in worker threads. Every file is written atomically.

@@ -3,7 +3,11 @@
 Writes (paths declared in ``paths.py`` and ``dvc.yaml``):
 
 - ``metrics.json``: accuracy, macro/weighted P/R/F1, log loss, ECE, top-5 (> 5 classes),
-  ROC-AUC/AP (2 classes), per-class P/R/F1/support;
+  ROC-AUC/AP (2 classes), per-class P/R/F1/support (read by register, reports, people);
+- ``scores.json``: the DVC metrics file, a few flat numbers (accuracy, macro-F1, log loss, ECE,
+  seconds) so ``dvc metrics show/diff`` and ``dvc exp show`` stay readable;
+- ``predictions.csv``: one row per test image (path, actual, predicted, probabilities), the
+  data of DVC's confusion-matrix plot;
 - ``per_class.csv``: one row per class, with the class it is most often mistaken for;
 - ``label_issues.csv``: every misclassified test image, highest loss first (the images most
   worth a human look: wrong labels, ambiguous or broken photos);
@@ -21,6 +25,7 @@ import json
 import logging
 import re
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +35,9 @@ import numpy as np
 from visionops.config import Config
 from visionops.data.split import split_rows
 from visionops.errors import DataError, VisionOpsError
-from visionops.evaluate.write_reports import write_reports
+from visionops.evaluate.write_reports import headline_scores, write_reports
 from visionops.images import PreprocessSpec, preprocess_batches
+from visionops.io import write_json
 from visionops.onnxrt import softmax
 from visionops.paths import stage_paths
 
@@ -147,8 +153,6 @@ def training_run(config: Config) -> tuple[str | None, str]:
 
 def log_to_mlflow(config: Config, metrics: dict, folder: Path, artifact_path: str) -> str | None:
     """Log scalar ``test_*`` metrics, per-class F1 and ``folder`` to the training's run."""
-    import time
-
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
@@ -167,6 +171,7 @@ def log_to_mlflow(config: Config, metrics: dict, folder: Path, artifact_path: st
 
 
 def run(config: Config) -> EvaluateResult:
+    started = time.perf_counter()
     p = stage_paths(config)
     files, labels = split_rows(p.split_file("test"), config.data_dir)
     model, _, names, spec = load_checkpoint(p.checkpoint_best)
@@ -181,5 +186,6 @@ def run(config: Config) -> EvaluateResult:
     logits = predict_logits(model, files, spec, config.train.batch_size, progress="evaluate")
     probs = softmax(logits)
     report = write_reports(config, files, y, probs, names)
+    write_json(p.evaluate_scores, headline_scores(report, time.perf_counter() - started))
     run_id = log_to_mlflow(config, report, p.evaluate_dir, "evaluate")
     return EvaluateResult(report, p.evaluate_metrics, run_id)

@@ -1,5 +1,5 @@
-"""Write the ``evaluate`` stage's files from predictions: metrics, per-class table, label issues,
-plots (the list is in :mod:`visionops.evaluate.stage`).
+"""Write the ``evaluate`` stage's files from predictions: metrics, DVC scores, per-image
+predictions, per-class table, label issues, plots (the list is in :mod:`visionops.evaluate.stage`).
 
 It takes file paths, true class indices and probabilities, never a model, so the reports can be
 checked on hand-made probabilities (binary ROC/PR, top-5 with many classes) without training
@@ -54,6 +54,47 @@ def _per_class_csv(cm: np.ndarray, report: dict, names: list[str]) -> str:
     return buf.getvalue()
 
 
+def _shown(path: Path, data_dir: Path) -> str:
+    """``path`` relative to ``data/`` when inside it, as the split CSVs and reports name files."""
+    return path.relative_to(data_dir).as_posix() if path.is_relative_to(data_dir) else str(path)
+
+
+def _predictions_csv(
+    files: Sequence[Path], y: np.ndarray, probs: np.ndarray, names: list[str], data_dir: Path
+) -> str:
+    """One row per test image, in split order: DVC's ``confusion`` template counts
+    ``actual`` x ``predicted``; the probabilities let a person sort or filter."""
+    pred = probs.argmax(axis=1)
+    buf = _io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "actual", "predicted", "p_actual", "p_predicted"])
+    for i, path in enumerate(files):
+        writer.writerow(
+            [
+                _shown(Path(path), data_dir),
+                names[y[i]],
+                names[pred[i]],
+                f"{probs[i, y[i]]:.6f}",
+                f"{probs[i, pred[i]]:.6f}",
+            ]
+        )
+    return buf.getvalue()
+
+
+#: The numbers of ``metrics.json`` that ``scores.json`` (the DVC metrics file) repeats. A fixed
+#: set, so ``dvc metrics diff`` and ``dvc exp show`` compare like with like across runs.
+SCORE_KEYS = ("accuracy", "macro_f1", "log_loss", "ece")
+
+
+def headline_scores(report: dict, seconds: float) -> dict[str, float]:
+    """Flat numbers for ``scores.json``: :data:`SCORE_KEYS` from the report (6 decimals) and
+    the stage's wall time in seconds (prediction + reports). ``dvc metrics show`` makes one
+    column per key across all metrics files; ``train/metrics.json`` shares ``seconds``."""
+    scores = {k: round(float(report[k]), 6) for k in SCORE_KEYS}
+    scores["seconds"] = round(seconds, 1)
+    return scores
+
+
 def _label_issues(
     files: Sequence[Path], y: np.ndarray, probs: np.ndarray, names: list[str], data_dir: Path
 ) -> list[dict]:
@@ -64,11 +105,10 @@ def _label_issues(
     rows = []
     for rank, i in enumerate(sorted(np.nonzero(pred != y)[0], key=lambda k: -loss[k]), start=1):
         path = Path(files[i])
-        shown = path.relative_to(data_dir).as_posix() if path.is_relative_to(data_dir) else path
         rows.append(
             {
                 "rank": rank,
-                "path": str(shown),
+                "path": _shown(path, data_dir),
                 "label": names[y[i]],
                 "predicted": names[pred[i]],
                 "p_label": round(float(p_true[i]), 6),
@@ -83,24 +123,26 @@ def _label_issues(
 def write_reports(
     config: Config, files: Sequence[Path], y: np.ndarray, probs: np.ndarray, names: list[str]
 ) -> dict:
-    """All evaluate outputs from (files, true indices, probabilities); returns the metrics."""
+    """All evaluate outputs but ``scores.json`` (it holds the stage's time: written by
+    :func:`visionops.evaluate.stage.run`) from (files, true indices, probabilities); returns
+    the metrics."""
     from visionops.evaluate import plots as plots
 
     p = stage_paths(config)
-    out = p.evaluate_dir
     report = classification_report(y, probs, names)
     cm = confusion_matrix(y, probs.argmax(axis=1), len(names))
     issues = _label_issues(files, y, probs, names, config.data_dir)
 
-    write_text(out / "per_class.csv", _per_class_csv(cm, report, names))
+    write_text(p.evaluate_per_class, _per_class_csv(cm, report, names))
+    write_text(p.evaluate_predictions, _predictions_csv(files, y, probs, names, config.data_dir))
     buf = _io.StringIO()
     fields = ["rank", "path", "label", "predicted", "p_label", "p_predicted", "loss"]
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(issues)
-    write_text(out / "label_issues.csv", buf.getvalue())
+    write_text(p.evaluate_label_issues, buf.getvalue())
 
-    plot_dir = out / "plots"
+    plot_dir = p.evaluate_plots
     shutil.rmtree(plot_dir, ignore_errors=True)  # no stale ROC from a former binary run
     plots.confusion_matrix_png(cm, names, plot_dir / "confusion_matrix.png")
     plots.confusion_matrix_png(

@@ -19,6 +19,7 @@ PREPROCESS = "visionops.preprocess"  # JSON of PreprocessSpec
 BACKBONE = "visionops.backbone"
 GIT_COMMIT = "visionops.git_commit"
 DATA_VERSION = "visionops.data_version"
+TRAIN_RUN_ID = "visionops.train_run_id"  # the MLflow run of the training (artifacts/train/run.json)
 OUTPUT_KIND = "visionops.output"  # "logits": apply softmax to get probabilities
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from visionops.config import Config
 from visionops.data.split import split_rows
 from visionops.errors import VisionOpsError
-from visionops.evaluate.stage import load_checkpoint
+from visionops.evaluate.stage import load_checkpoint, read_train_run
 from visionops.export.onnx_meta import INPUT, OUTPUT, build_metadata, write_metadata
 from visionops.images import PreprocessSpec, preprocess_batches
 from visionops.io import atomic_path, write_json
@@ -161,6 +161,7 @@ def run(config: Config) -> ExportResult:
 
     model = model.to("cpu", dtype=torch.float32).to(memory_format=torch.contiguous_format).eval()
     lineage = lineage_tags(config)
+    train_run_id = (read_train_run(config) or {}).get("run_id") or ""
     metadata = build_metadata(
         names,
         spec,
@@ -168,6 +169,7 @@ def run(config: Config) -> ExportResult:
         git_commit=lineage["git_commit"],
         data_version=lineage["data_version"],
         params_hash=lineage["params_hash"],
+        train_run_id=train_run_id,
         opset=config.export.opset,
         num_classes=len(names),
     )
@@ -223,6 +225,7 @@ def run(config: Config) -> ExportResult:
         "val_accuracy_onnx": onnx_acc,
         "val_accuracy_torch": torch_acc,
         "val_accuracy_recorded": recorded,
+        "train_run_id": train_run_id,
         **lineage,
     }
     if config.export.int8:

@@ -195,12 +195,16 @@ _DECISION_FIELDS = (
     "version",
     "alias",
     "promoted",
+    "already_registered",
+    "experiment",
     "metric",
     "new_score",
     "champion_version",
     "champion_score",
-    "min_improvement",
+    "eval_images",
     "test_images",
+    "min_improvement",
+    "min_eval_images",
 )
 
 
@@ -214,12 +218,14 @@ def _decision_section(cfg: Config, run: PipelineRun) -> list[str]:
     if {"version", "alias", "metric", "new_score"} <= set(d):
         name = d.get("model_name") or cfg.register.model_name
         versus = (
-            f" vs champion version {d['champion_version']} {_fmt(d.get('champion_score'))}"
+            f" vs champion version {d['champion_version']} {_fmt(d.get('champion_score'))} "
+            f"on {d.get('eval_images', '?')} test images neither model has seen"
             if d.get("champion_score") is not None
             else ""
         )
+        alias = f"**@{d['alias']}**" if d["alias"] else "**no alias moved**"
         out += [
-            f"`models:/{name}/{d['version']}` → **@{d['alias']}**: {d['metric']} "
+            f"`models:/{name}/{d['version']}` → {alias}: {d['metric']} "
             f"{_fmt(d['new_score'])}{versus} — {d.get('reason', '')}",
             "",
         ]

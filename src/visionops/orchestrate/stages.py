@@ -17,13 +17,11 @@ not answer) raise :class:`Transient`; everything else is deterministic and must 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +31,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from visionops import locks
 from visionops.errors import VisionOpsError
+from visionops.locks import LockHolder
 from visionops.offline import OFFLINE_ENV
 
 log = logging.getLogger(__name__)
@@ -131,14 +131,20 @@ def _lines(stream) -> Iterator[str]:
         yield pending.decode("utf-8", errors="replace")
 
 
-def run_command(args: list[str], cwd: Path, on_line: LineSink | None = None) -> CommandOutput:
-    """Run ``args`` in ``cwd`` with stdout+stderr merged, passing each non-blank line to
-    ``on_line`` while it runs. Returns the exit code, the last lines and the error lines."""
+def run_command(
+    args: list[str],
+    cwd: Path,
+    on_line: LineSink | None = None,
+    env: dict[str, str] | None = None,
+) -> CommandOutput:
+    """Run ``args`` in ``cwd`` (with ``env`` added to the environment) with stdout+stderr merged,
+    passing each non-blank line to ``on_line`` while it runs. Returns the exit code, the last
+    lines and the error lines."""
     on_line = on_line or log.info
     proc = subprocess.Popen(
         args,
         cwd=cwd,
-        env=subprocess_env(),
+        env={**subprocess_env(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -188,9 +194,17 @@ def failure_message(out: CommandOutput) -> str:
 
 
 def run_stage(
-    root: Path | str, stage: str, force: bool = False, on_line: LineSink | None = None
+    root: Path | str,
+    stage: str,
+    force: bool = False,
+    on_line: LineSink | None = None,
+    experiment: str | None = None,
 ) -> StageResult:
     """Reproduce one dvc.yaml stage (not its upstream stages: the caller runs them in order).
+
+    ``experiment`` names a run with param overrides: the stage sees it as
+    ``VISIONOPS_EXPERIMENT``, so ``register`` tags the version and moves no alias
+    (``register.promote_experiments``).
 
     Raises :class:`Transient` when DVC's repository lock is held by another DVC process, and
     :class:`StageFailed` (never worth a retry) with the stage's own message on any other failure.
@@ -200,7 +214,8 @@ def run_stage(
     command = "dvc " + " ".join(args[1:])
     (on_line or log.info)(f"$ {command}")
     started = time.perf_counter()
-    out = run_command(args, root, on_line)
+    env = {"VISIONOPS_EXPERIMENT": experiment} if experiment else None
+    out = run_command(args, root, on_line, env=env)
     duration = time.perf_counter() - started
     if out.returncode != 0:
         if DVC_LOCKED in out.markers:
@@ -227,54 +242,31 @@ def pipeline_lock(
 ) -> Iterator[Path]:
     """Hold the project's pipeline lock: at most one orchestrated run per project at a time.
 
-    ``flock`` on ``.dvc/tmp/visionops-pipeline.lock``: the kernel drops it when the holder dies,
-    so a killed run never leaves a stale lock. A second run waits (logging who holds it) up to
-    ``timeout_s``, then raises :class:`VisionOpsError`. POSIX only; local filesystems only.
+    ``flock`` on ``.dvc/tmp/visionops-pipeline.lock`` (:mod:`visionops.locks`): the kernel drops
+    it when the holder dies, so a killed run never leaves a stale lock. A second run waits
+    (logging who holds it) up to ``timeout_s``, then raises :class:`VisionOpsError`. POSIX only;
+    local filesystems only.
     """
     root = Path(root)
     if not (root / ".dvc").is_dir():
         raise VisionOpsError(f"{root}: not a DVC project (no .dvc/). Fix: run `dvc init` there")
     path = root / _LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    started = time.monotonic()
-    told = False
+    sink = on_wait or log.info
+
+    def waiting(holder: LockHolder) -> None:
+        sink(f"another pipeline run holds {path} ({holder.describe()}); waiting for it to finish")
+
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = path.read_text(encoding="utf-8", errors="replace").strip() or "unknown"
-                waited = time.monotonic() - started
-                if waited > timeout_s:
-                    raise VisionOpsError(
-                        f"another pipeline run still holds {path} ({holder}) after "
-                        f"{waited:.0f} s; let it finish, or stop it and run again"
-                    ) from None
-                if not told:
-                    (on_wait or log.info)(
-                        f"another pipeline run holds {path} ({holder}); waiting for it to finish"
-                    )
-                    told = True
-                time.sleep(poll_s)
-        if told:
-            (on_wait or log.info)(
-                f"pipeline lock acquired after {time.monotonic() - started:.0f} s"
-            )
-        os.ftruncate(fd, 0)
-        os.pwrite(
-            fd,
-            f"pid {os.getpid()} on {socket.gethostname()} since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(),
-            0,
-        )
+        held = locks.acquire(path, timeout_s, poll_s, on_wait=waiting)
+    except locks.LockBusy as busy:
+        raise VisionOpsError(
+            f"another pipeline run still holds {path} ({busy.holder.describe()}) after "
+            f"{busy.waited_s:.0f} s; let it finish, or stop it and run again"
+        ) from None
+    with held:
+        if held.contended:
+            sink(f"pipeline lock acquired after {held.waited_s:.0f} s")
         yield path
-    finally:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
 
 
 def tag_training_run(root: Path | str, run_file: Path, tags: dict[str, str]) -> str | None:

@@ -1,7 +1,8 @@
 """Where a registered version came from (``visionops lineage <models:/...>`` prints it).
 
-Commit, data version and params hash come from the version's tags (set by ``register`` from the
-ONNX export); params and metrics from the MLflow run the model was logged to.
+Commit, data version, params hash, decision and ``dvc.lock`` hashes come from the version's
+record (its tags over ``visionops_record.json``: :mod:`visionops.registry.version_record`);
+params and metrics from the MLflow run the model was logged to.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from visionops.registry.model_uri import default_tracking_uri, get_model_version
+from visionops.registry.version_record import read_record
 
 
 def describe(model_uri: str, tracking_uri: str | None = None) -> dict:
     """Everything known about one registered version (JSON-able)."""
     store = tracking_uri or default_tracking_uri()
     client, mv = get_model_version(model_uri, store)
-    tags = dict(mv.tags or {})
+    tags = read_record(client, mv, store)
     out = {
         "model_uri": model_uri,
         "name": mv.name,

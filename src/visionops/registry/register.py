@@ -1,45 +1,51 @@
 """Stage ``register``: log the ONNX model to MLflow, register a version, champion or challenger.
 
-1. ``mlflow.onnx.log_model`` into the training's run (``artifacts/train/run.json``) with a
-   tensor signature, a real preprocessed test image as input example and execution providers
-   that load here (CUDA only if it really runs); then a new version of
-   ``register.model_name``.
-2. Version tags carry the lineage: git commit, data version, params hash (as exported), the
-   ``dvc.lock`` hashes of every stage's outputs, the test metrics from ``evaluate``, the parity
-   result from ``export``, the ONNX file's sha256 and the training run id.
-3. Champion/challenger: the current ``@champion`` (if any) and the new version are both scored
-   by ONNX Runtime on the *current* test split (labels matched by name, so a champion with
-   another class list is scored fairly: unknown predictions are wrong). The new version takes
-   ``@champion`` only if it beats the champion by more than ``register.min_improvement`` on
-   ``register.metric``; otherwise it gets ``@challenger``. The decision and both scores go into
-   version tags and ``artifacts/register/decision.json``.
+1. Checks: the ONNX file names the training run it was exported from (metadata
+   ``visionops.train_run_id``), which must be the run in ``artifacts/train/run.json``; the same
+   ONNX content (sha256) already registered is that version again, not a new one.
+2. ``mlflow.onnx.log_model`` into the training's run with a tensor signature, a real test
+   image as input example and execution providers that load here, plus ``seen_images.txt``
+   (sha256 of every train/val image: :mod:`visionops.data.image_sets`) in the model's files.
+3. Champion vs new model on the current test images neither has seen, and the decision
+   (:mod:`visionops.registry.comparison`): no promotion blind, on too few images, or from an
+   experiment.
+4. One ``create_model_version`` call carries lineage (git commit + what is dirty, data version,
+   params hash, ``dvc.lock`` hashes), test metrics, parity, the seen-set digest and the decision
+   with ``decision.state = pending``; then the alias moves (:mod:`visionops.registry.champion`)
+   and the state becomes ``done``. A run killed in between is completed or marked abandoned by
+   the next one (:mod:`visionops.registry.recovery`). ``artifacts/register/decision.json`` is
+   written last.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from visionops.config import Config
-from visionops.data.split import split_rows
+from visionops.data.image_sets import digest, read_split, seen_by_training
 from visionops.errors import VisionOpsError
-from visionops.evaluate.metrics import label_scores
-from visionops.evaluate.stage import training_run
+from visionops.evaluate.stage import read_train_run, training_run
+from visionops.export.onnx_meta import TRAIN_RUN_ID
 from visionops.export.onnx_model import OnnxClassifier
-from visionops.images import load_one
+from visionops.failpoints import failpoint
 from visionops.io import write_json
+from visionops.locks import acquire, project_lock_path
 from visionops.paths import stage_paths
-from visionops.registry.model_uri import resolve_registry_model
+from visionops.registry import comparison
+from visionops.registry.champion import CHALLENGER, CHAMPION, current_champion, move_champion
+from visionops.registry.decision_record import decision_from_record, decision_tags
+from visionops.registry.log_model import log_onnx_model
+from visionops.registry.recovery import DONE, finish_interrupted
+from visionops.registry.version_record import description, version_tags
 from visionops.tracking import lineage_tags, setup_tracking, tracking_uri
 
 log = logging.getLogger(__name__)
-
-CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 @dataclass(frozen=True)
@@ -48,14 +54,18 @@ class RegisterResult:
 
     def summary(self) -> str:
         d = self.decision
+        new = "n/a" if d["new_score"] is None else f"{d['new_score']:.4f}"
         versus = (
             f" vs champion version {d['champion_version']} {d['champion_score']:.4f}"
+            f" on {d['eval_images']} test images neither has seen"
             if d["champion_score"] is not None
             else ""
         )
+        again = " (already registered: same ONNX content)" if d.get("already_registered") else ""
+        alias = f"@{d['alias']}" if d["alias"] else "no alias"
         return (
-            f"register: {d['model_name']} version {d['version']} -> @{d['alias']} "
-            f"({d['metric']} {d['new_score']:.4f}{versus}; {d['reason']})"
+            f"register: {d['model_name']} version {d['version']} -> {alias}{again} "
+            f"({d['metric']} {new}{versus}; {d['reason']})"
         )
 
 
@@ -86,47 +96,26 @@ def dvc_lock_hashes(root: Path) -> dict[str, str]:
     return tags
 
 
-def predicted_labels(predictor: OnnxClassifier, files: list[Path]) -> list[str | None]:
-    return [p.label for p in predictor.iter_predict(files, top_k=1)]
-
-
-def current_champion(client, name: str):
-    """The ModelVersion behind ``@champion``, or None (no model, or no alias yet)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
-
-
-def decide(new: float, champion: float | None, margin: float) -> tuple[str, str]:
-    """(alias, reason): champion only when ``new > champion + margin`` (or no champion)."""
-    if champion is None:
-        return CHAMPION, "no champion yet"
-    if new > champion + margin:
-        return CHAMPION, f"beats the champion by {new - champion:+.4f} (> {margin:g})"
-    return CHALLENGER, f"does not beat the champion by more than {margin:g} ({new - champion:+.4f})"
-
-
-def _signature_and_example(predictor: OnnxClassifier, files: list[Path]):
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    size = predictor.spec.image_size
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, size, size), "input")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(predictor.labels)), "logits")]),
-    )
-    example = next(
-        (
-            a
-            for a in (load_one(f, predictor.spec, predictor.max_pixels) for f in files[:5])
-            if not isinstance(a, str)
-        ),
-        np.zeros((3, size, size), np.float32),
-    )
-    return signature, {"input": example[None]}
+def check_train_run(config: Config, new: OnnxClassifier, seen: frozenset[str]) -> None:
+    """The ONNX must come from the training in ``run.json`` (or neither names a run), and the
+    train/val split must still be the one that training recorded."""
+    run = read_train_run(config) or {}
+    recorded = (run.get("seen_images") or {}).get("sha")
+    if recorded and recorded != digest(seen):
+        p = stage_paths(config)
+        raise VisionOpsError(
+            f"{p.split_file('train')} / {p.split_file('val')} changed after training (the "
+            f"training recorded seen-images set {recorded}, the split now gives {digest(seen)}): "
+            "retrain with `visionops train` (or `dvc repro`) before registering"
+        )
+    exported = new.metadata.get(TRAIN_RUN_ID) or None
+    trained = run.get("run_id")
+    if exported != trained:
+        raise VisionOpsError(
+            f"{stage_paths(config).onnx_model} was exported from training run {exported} but "
+            f"{stage_paths(config).train_run} names run {trained}: the export is stale. Run "
+            "`visionops export` (or `dvc repro`) so the model and its training match"
+        )
 
 
 def _tag_values(prefix: str, data: dict) -> dict[str, str]:
@@ -137,9 +126,36 @@ def _tag_values(prefix: str, data: dict) -> dict[str, str]:
     }
 
 
+def create_version(client, name: str, info, run_id: str, tags: dict, text: str) -> str:
+    """Create the registered model if needed, then the version, tags and description at once."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(name)
+        except MlflowException:  # created meanwhile by another process
+            client.get_registered_model(name)
+    mv = client.create_model_version(
+        name, info.model_uri, run_id=run_id, tags=tags, description=text, model_id=info.model_id
+    )
+    log.info("registered %s version %s", name, mv.version)
+    return str(mv.version)
+
+
+def _find_same_content(client, name: str, sha: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name = '{name}' and tags.onnx_sha256 = '{sha}'")
+    except MlflowException:
+        return None
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
 def run(config: Config) -> RegisterResult:
     import mlflow
-    import onnx
     from mlflow import MlflowClient
 
     p = stage_paths(config)
@@ -147,8 +163,19 @@ def run(config: Config) -> RegisterResult:
         raise VisionOpsError(f"{p.onnx_model}: missing; run `visionops export` first")
     export_report = _read_json(p.export_report, "export")
     test_metrics = _read_json(p.evaluate_metrics, "evaluate")
-    files, labels = split_rows(p.split_file("test"), config.data_dir)
-    name, metric = config.register.model_name, config.register.metric
+    test_rows = read_split(p.split_file("test"), config.data_dir)
+    seen = seen_by_training(p.split_file("train"), p.split_file("val"), config.data_dir)
+    name, metric, reg = config.register.model_name, config.register.metric, config.register
+    new = OnnxClassifier(p.onnx_model)
+    check_train_run(config, new, seen)
+    # As exported (the model was built then); keys an older export lacks come from now.
+    lineage = {k: export_report.get(k, v) for k, v in lineage_tags(config).items()}
+    if lineage.get("git_dirty"):
+        log.warning(
+            "the work tree has uncommitted changes (%s): this version's lineage names commit %s "
+            "plus those changes. Commit them (or run the flow with commit: true) to keep it "
+            "reproducible", lineage["git_dirty"], lineage.get("git_commit"),
+        )  # fmt: skip
 
     run_id, uri = training_run(config)
     if run_id:
@@ -158,101 +185,81 @@ def run(config: Config) -> RegisterResult:
         setup_tracking(config)
         uri = tracking_uri(config)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    new = OnnxClassifier(p.onnx_model)
-    # The new model's classes (+ any test label): a class with no test image counts as F1 = 0,
-    # exactly as in evaluate's metrics.json, so the two stages report the same macro-F1.
-    classes = sorted(set(labels) | set(new.labels))
-    new_scores = label_scores(labels, predicted_labels(new, files), classes)
+    sha = hashlib.sha256(p.onnx_model.read_bytes()).hexdigest()
 
-    lineage = {k: export_report.get(k) or v for k, v in lineage_tags(config).items()}
-    signature, example = _signature_and_example(new, files)
-    providers = (
-        ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        if new.provider.startswith("CUDA")
-        else ["CPUExecutionProvider"]
-    )
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else "register"):
-        info = mlflow.onnx.log_model(
-            onnx.load(str(p.onnx_model)),
-            name="model",
-            signature=signature,
-            input_example=example,
-            onnx_execution_providers=providers,
-            save_as_external_data=False,
-            metadata={"visionops": lineage},
-            # Explicit requirements skip MLflow's inference (a subprocess that re-imports the
-            # model's world: ~20 s here) and name exactly what the pyfunc needs.
-            pip_requirements=mlflow.onnx.get_default_pip_requirements(),
-        )
-        mlflow.log_artifact(str(p.export_report), "export")
-        mlflow.log_metrics(
-            {
-                "export_parity_max_abs_diff_prob": export_report["parity"]["max_abs_diff_prob"],
-                "export_val_accuracy_onnx": export_report["val_accuracy_onnx"],
-                f"register_test_{metric}": new_scores[metric],
-            }
-        )
-        run_id = mlflow.active_run().info.run_id  # the new "register" run when there was none
+    lock = project_lock_path(config.root, config.path(config.base.artifacts_dir), "register.lock")
+    waiting = "another `visionops register` in this project (%s) is running; waiting for it"
+    with acquire(lock, timeout_s=600, on_wait=lambda h: log.info(waiting, h.describe())):
+        finish_interrupted(client, name, uri)
+        same = _find_same_content(client, name, sha)
+        if same is not None:
+            decision = decision_from_record(client, name, same, uri)
+            write_json(p.register_decision, decision)
+            return RegisterResult(decision)
 
-    tags = {
-        **{k: str(v) for k, v in lineage.items()},
-        **dvc_lock_hashes(config.root),
-        **_tag_values("test", {k: v for k, v in test_metrics.items() if k != "per_class"}),
-        **_tag_values("parity", export_report["parity"]),
-        "onnx_sha256": str(export_report.get("sha256", "")),
-        "opset": str(export_report.get("opset", "")),
-        "backbone": new.metadata.get("visionops.backbone", ""),
-        "train_run_id": run_id,
-    }
-    version = mlflow.register_model(info.model_uri, name, tags=tags).version
+        predicted = comparison.predict_labels(new, test_rows)
+        classes = comparison.score_classes(new, test_rows)
+        test_scores = comparison.score_rows(test_rows, predicted, classes)
+        champion = current_champion(client, name)
+        compared = comparison.compare(predicted, seen, test_rows, classes, champion, uri, metric)
+        experiment = comparison.experiment_name()
+        alias, reason = comparison.decide(
+            compared, metric, reg.min_improvement, reg.min_eval_images, name,
+            experiment, reg.promote_experiments,
+        )  # fmt: skip
+        if alias != CHAMPION or compared.champion_version is not None:
+            log.info("register decision: %s", reason)
 
-    champion = current_champion(client, name)
-    champion_score, champion_version = None, None
-    if champion is not None and str(champion.version) != str(version):
-        champion_version = str(champion.version)
-        try:
-            log.info("scoring champion version %s on %d test images", champion_version, len(files))
-            champion_uri = f"models:/{name}/{champion_version}"
-            old = OnnxClassifier(
-                resolve_registry_model(champion_uri, uri).path, source=champion_uri
-            )
-            champion_score = label_scores(labels, predicted_labels(old, files), classes)[metric]
-        except VisionOpsError as exc:
-            log.warning(
-                "champion version %s cannot be scored (%s); promoting", champion_version, exc
-            )
-    alias, reason = decide(new_scores[metric], champion_score, config.register.min_improvement)
-    if champion_version and champion_score is None:
-        reason = f"champion version {champion_version} could not be loaded or scored"
-    client.set_registered_model_alias(name, alias, str(version))
-
-    decision = {
-        "model_name": name,
-        "version": str(version),
-        "model_uri": f"models:/{name}/{version}",
-        "alias": alias,
-        "promoted": alias == CHAMPION,
-        "reason": reason,
-        "metric": metric,
-        "min_improvement": config.register.min_improvement,
-        "new_score": new_scores[metric],
-        "new_scores": new_scores,
-        "champion_version": champion_version,
-        "champion_score": champion_score,
-        "test_images": len(files),
-        "run_id": run_id,
-        "tracking_uri": uri,
-        "lineage": lineage,
-    }
-    for key, value in {
-        "decision": alias,
-        "decision.reason": reason,
-        "decision.metric": metric,
-        "decision.new_score": f"{new_scores[metric]:.6g}",
-        "decision.champion_version": champion_version or "none",
-        "decision.champion_score": "none" if champion_score is None else f"{champion_score:.6g}",
-        "decision.min_improvement": f"{config.register.min_improvement:g}",
-    }.items():
-        client.set_model_version_tag(name, str(version), key, value)
-    write_json(p.register_decision, decision)
+        decision = {
+            "model_name": name,
+            "alias": alias,
+            "promoted": alias == CHAMPION,
+            "reason": reason,
+            "metric": metric,
+            "min_improvement": reg.min_improvement,
+            "min_eval_images": reg.min_eval_images,
+            "new_score": compared.new_scores.get(metric),
+            "new_scores": {k: v for k, v in compared.new_scores.items() if k != "per_class"},
+            "champion_version": compared.champion_version,
+            "champion_score": compared.champion_score,
+            "eval_images": compared.eval_images,
+            "eval_set_sha": compared.eval_set_sha,
+            "test_images": len(test_rows),
+            "test_scores": {k: v for k, v in test_scores.items() if k != "per_class"},
+            "seen_images": len(seen),
+            "seen_images_sha": digest(seen),
+            "experiment": experiment,
+            "tracking_uri": uri,
+            "lineage": lineage,
+        }
+        record = {
+            **{k: str(v) for k, v in lineage.items()},
+            **dvc_lock_hashes(config.root),
+            **_tag_values("test", {k: v for k, v in test_metrics.items() if k != "per_class"}),
+            **_tag_values("parity", export_report["parity"]),
+            "onnx_sha256": sha,
+            "opset": str(export_report.get("opset", "")),
+            "backbone": new.metadata.get("visionops.backbone", ""),
+            "seen_images.sha": digest(seen),
+            "seen_images.count": str(len(seen)),
+            **decision_tags(decision),
+        }
+        info, run_id = log_onnx_model(
+            config, run_id, new, lineage, seen, [r.path for r in test_rows],
+            {f"register_test_{metric}": test_scores[metric]}, record,
+        )  # fmt: skip
+        decision["run_id"] = run_id
+        # One call: the version is born with its tags, decision (state pending) and description.
+        version = create_version(
+            client, name, info, run_id,
+            version_tags(record, metric), description(decision, record),
+        )  # fmt: skip
+        decision.update(version=version, model_uri=f"models:/{name}/{version}", state=DONE)
+        failpoint("register.after_version")
+        if alias == CHAMPION:
+            move_champion(client, name, version, "register", reason)
+        elif alias == CHALLENGER:
+            client.set_registered_model_alias(name, CHALLENGER, version)
+        client.set_model_version_tag(name, version, "decision.state", DONE)
+        write_json(p.register_decision, decision)
     return RegisterResult(decision)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from visionops.config import Config
-from visionops.errors import VisionOpsError
+from visionops.errors import ConfigError, VisionOpsError
 from visionops.serve.app import TOKEN_ENV, ServeSettings, create_app
 from visionops.serve.holder import ModelHolder
 from visionops.tracking import tracking_uri
@@ -57,15 +58,55 @@ def build_app(config: Config, model: str | None = None, token: str | None = None
     return create_app(holder, settings_from_config(config, token))
 
 
+def check_port(port: int) -> None:
+    """ConfigError unless ``port`` is a TCP port a server can ask for (1-65535)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ConfigError(f"port {port!r}: not a TCP port; pass --port (or serve.port) in 1-65535")
+
+
+def bind_sockets(host: str, port: int) -> list[socket.socket]:
+    """Listening-ready sockets on every address ``host`` resolves to (as asyncio would bind them),
+    or a one-line VisionOpsError (port in use, no such host, not allowed) before anything claims
+    to serve. uvicorn is handed these sockets, so nothing can take the port in between."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise VisionOpsError(
+            f"host {host!r}: cannot resolve it ({exc.strerror}); pass another --host"
+        ) from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.set_inheritable(True)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        reason = exc.strerror or str(exc)
+        raise VisionOpsError(
+            f"cannot listen on {host}:{port}: {reason}; pass another --port (or --host)"
+        ) from None
+    return sockets
+
+
 def run(
     config: Config, model: str | None = None, host: str | None = None, port: int | None = None
 ) -> None:
-    """Serve until interrupted (Ctrl-C stops gracefully, letting requests in flight finish)."""
+    """Serve until interrupted (Ctrl-C stops gracefully, letting requests in flight finish).
+
+    A bad port, or one already in use, is a one-line error before the model is announced."""
     import uvicorn
 
     host = host or config.serve.host
-    port = port or config.serve.port
+    port = config.serve.port if port is None else port
+    check_port(port)
     app = build_app(config, model)
+    sockets = bind_sockets(host, port)
     settings: ServeSettings = app.state.settings
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
         log.warning(
@@ -95,15 +136,18 @@ def run(
         )
     )
     try:
-        server.run()
+        server.run(sockets=sockets)
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
         log.info("stopped")
-    except SystemExit as exc:  # uvicorn exits when it cannot bind or start up
+    except SystemExit as exc:  # uvicorn exits when the app cannot start up
         if exc.code not in (0, None):
             raise VisionOpsError(
-                f"the server could not start on {host}:{port} (reason logged above, e.g. the "
-                "port is in use); pass another --port or --host"
+                f"the server could not start on {host}:{port} (reason logged above); "
+                "pass another --port or --host"
             ) from None
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def main(args: Any, config: Config) -> None:

@@ -41,6 +41,7 @@ from visionops.train.data import ImageCache, ImageDataset, SplitData
 from visionops.train.devices import Runtime
 from visionops.train.models import Classifier
 from visionops.train.run_frozen import Frozen, ort_runner, resolve_engine, torch_runner
+from visionops.train.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,10 @@ def load_or_compute(
     key = feature_key(config, cut, spec, train, val)
     folder = config.cache_dir / "features" / key
     if not (folder / "done.json").exists() and runtime.is_main:
-        _compute(config, model, cut, cache, train, val, spec, runtime, folder)
+        # Filling the cache must not move the RNG the training draws from next: a cold and a
+        # warm cache give the same model (visionops.train.seeding).
+        with torch.random.fork_rng(devices=[]):
+            _compute(config, model, cut, cache, train, val, spec, runtime, folder)
     if runtime.distributed:
         torch.distributed.barrier()
     log.info("feature cache: %s", folder)
@@ -148,7 +152,7 @@ def _compute(
         arrays: dict[str, np.ndarray] = {}
         done = 0
         seeds = [
-            [_view_seed(config.base.seed, v, sha) for sha in train.sha256] for v in range(views)
+            [view_seed(config.base.seed, v, sha) for sha in train.sha256] for v in range(views)
         ]
         sources = [("val", None, ImageDataset(cache, val, spec))] + [
             ("train", v, ImageDataset(cache, train, spec, config.train.augment, seeds[v]))
@@ -214,10 +218,10 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def _view_seed(seed: int, view: int, sha256: str) -> int:
-    """Augmentation seed of one view of one image: stable across runs and orderings."""
-    digest = hashlib.sha256(f"{seed}:{view}:{sha256}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 2**63
+def view_seed(seed: int, view: int, sha256: str) -> int:
+    """Augmentation seed of one view of one image: stable across runs and orderings (the
+    value the cache format has always used: ``sha256("seed:view:sha256")``)."""
+    return derive_seed(seed, view, sha256)
 
 
 def _allocate(
@@ -254,6 +258,9 @@ def _batches(dataset: ImageDataset, runtime: Runtime) -> Iterator[torch.Tensor]:
     libraries' threads (seen in the test suite); augmenting from the uint8 cache is cheap next to
     the frozen layers, so in-process is the safe choice.
     """
-    loader = torch.utils.data.DataLoader(dataset, batch_size=BATCH, num_workers=0)
+    # its own generator: an iterator draws its base seed from it, not from the global RNG
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=BATCH, num_workers=0, generator=torch.Generator().manual_seed(0)
+    )
     for x, _ in loader:
         yield x

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from visionops.train.data import ImageDataset, normalize_batch
 from visionops.train.devices import Runtime, all_reduce_sum
 from visionops.train.models import Classifier
+from visionops.train.seeding import generator, seed_epoch
 
 
 class Entry(nn.Module):
@@ -136,14 +137,15 @@ class ImageSource:
         return math.ceil(len(self.indices(epoch)) / self.batch_size)
 
     def batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.train:  # augmentation draws from torch's RNG: make it a function of the epoch
-            torch.manual_seed(self.seed * 1000 + epoch)
+        # Augmentation draws from torch's RNG: in this process that is the one train_epoch seeds
+        # per epoch; workers are seeded from the loader's own generator, never the global RNG.
         loader = torch.utils.data.DataLoader(
             self.dataset,
             batch_size=self.batch_size,
             sampler=self.indices(epoch).tolist(),
             num_workers=self.workers,
             pin_memory=self.runtime.device.type == "cuda",
+            generator=generator(self.seed, "loader", epoch, self.runtime.rank, self.train),
         )
         for x, y in loader:
             x = x.to(self.runtime.device, non_blocking=True)
@@ -218,7 +220,12 @@ def train_epoch(
     scaler: torch.amp.GradScaler | None = None,
     freeze_bn: bool = True,
 ) -> EpochStats:
-    """One pass over ``source``; loss/accuracy are summed over DDP ranks."""
+    """One pass over ``source``; loss/accuracy are summed over DDP ranks.
+
+    Torch's global RNG (dropout, stochastic depth, augmentation in this process) is seeded from
+    ``(source.seed, epoch, rank)`` first: an epoch draws the same whatever ran before it.
+    """
+    seed_epoch(source.seed, epoch, runtime.rank)
     set_train_mode(model, first_unit, freeze_bn)
     started = time.perf_counter()
     total_loss = correct = seen = 0.0

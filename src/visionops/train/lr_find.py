@@ -23,6 +23,7 @@ from torch import nn
 
 from visionops.config import Config
 from visionops.io import write_json, write_with
+from visionops.train.seeding import derive_seed, seed_model_init
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ def run(config: Config) -> LrFindResult:
         spec = preprocess_spec(m.backbone, m.image_size, m.resize)
         cache = ImageCache(config.cache_dir, m.resize, spec.interpolation)
         cache.fill(train.paths + val.paths, train.sha256 + val.sha256, config.base.workers)
+        seed_model_init(config.base.seed)  # the same weights as training: shared features
         model = create_model(
             m.backbone, len(class_names), m.pretrained, m.dense_units, m.dropout, m.image_size
         )
@@ -117,6 +119,7 @@ def sweep(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(learning rates, smoothed losses) up to divergence (loss > 4x the best)."""
     rng = np.random.default_rng(seed)
+    torch.manual_seed(derive_seed(seed, "lr_find"))  # the head's dropout masks
     views, n = features.shape[:2]
     optimizer = torch.optim.AdamW(head.parameters(), lr=START_LR, weight_decay=weight_decay)
     gamma = (END_LR / START_LR) ** (1 / (steps - 1))

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from visionops.config import Config
+from visionops.data.image_sets import digest, seen_by_training
 from visionops.io import write_json
 from visionops.paths import stage_paths
 from visionops.tracking import lineage_tags, setup_tracking, tracking_uri
@@ -59,12 +60,17 @@ class TrainTracker:
         write_history(paths.train_history, history)
         curves_png(paths.train_plots, history, result.best_epoch, result.selection_metric)
         write_json(paths.train_metrics, result.metrics())
+        seen = seen_by_training(
+            paths.split_file("train"), paths.split_file("val"), self.config.data_dir
+        )
         write_json(
             paths.train_run,
             {
                 "run_id": self.run_id,
                 "tracking_uri": tracking_uri(self.config),
                 "experiment_id": self.experiment_id,
+                # register checks the split it compares on is still the one trained on
+                "seen_images": {"count": len(seen), "sha": digest(seen)},
             },
         )
         if not self.enabled:

@@ -16,6 +16,9 @@ always completes, since fine-tuning starts from where it ends. The best epoch ov
 is the model. With ``train.freeze_bn`` (and pretrained weights) BatchNorm keeps its ImageNet
 statistics throughout (see :func:`visionops.train.loop.set_train_mode`).
 
+Same data + params + seed give the same weights whether the caches were cold or warm and whether
+the run was resumed: every random draw has a seed of its own (:mod:`visionops.train.seeding`).
+
 This module sets a run up and walks the phases; the pieces live next to it: the phase list and
 optimizers in :mod:`~visionops.train.schedule`, the epochs in :mod:`~visionops.train.run_phase`,
 where the checkpoints live and how a killed run resumes in :mod:`~visionops.train.resume`, the
@@ -41,6 +44,7 @@ from visionops.train.result import TrainerState, TrainResult
 from visionops.train.resume import load_resume, run_key
 from visionops.train.run_phase import run_phase
 from visionops.train.schedule import plan_phases
+from visionops.train.seeding import seed_model_init
 from visionops.train.tracking import TrainTracker
 
 
@@ -54,6 +58,7 @@ def train_model(config: Config, runtime: Runtime, on_epoch_end: EpochHook | None
         cache.fill(train.paths + val.paths, train.sha256 + val.sha256, config.base.workers)
     barrier(runtime)
 
+    seed_model_init(config.base.seed)
     model = create_model(
         m.backbone, len(class_names), m.pretrained, m.dense_units, m.dropout, m.image_size
     )
