@@ -15,7 +15,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help install demo repro test test-fast lint format ui bench serve deploy schedule trigger pipeline clean
+.PHONY: help install demo repro test test-fast lint format ui bench bench-serve serve deploy schedule trigger pipeline sweep clean
 
 help: ## list the targets
 	@echo "VisionOps — fresh machine: 'make demo' then 'make test'."
@@ -66,6 +66,7 @@ ui: $(STAMP) ## start the Prefect server + MLflow UI on 127.0.0.1 (Ctrl-C stops 
 	@mkdir -p .prefect mlruns
 	@echo "Prefect UI: http://127.0.0.1:$(PREFECT_PORT)  (API $(PREFECT_API), database .prefect/)"
 	@echo "MLflow UI:  http://127.0.0.1:$(MLFLOW_PORT)  (store sqlite:///mlruns/mlflow.db)"
+	@echo "            MLflow 3 opens experiments on its GenAI pages: click 'Model training' at the top of its sidebar once (remembered), or add ?workflowType=machine_learning to an experiment's URL."
 	@echo "Both answer within a minute. Then, in another terminal: make deploy (scheduled runs) or make pipeline (one run now)."
 	@PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT) & p1=$$!; \
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 & p2=$$!; \
@@ -88,12 +89,22 @@ pipeline: $(STAMP) data/ ## run the Prefect flow once now (ARGS="--force --set t
 	else echo "no Prefect server at $(PREFECT_API): using a temporary one (start make ui to keep the history)"; fi; \
 	VISIONOPS_MLFLOW_UI=http://127.0.0.1:$(MLFLOW_PORT) $(BIN)/python flows/pipeline.py $(ARGS)
 
+sweep: $(STAMP) ## queue the search in sweep.yaml on DVC's experiment queue (ARGS="--run -j 1" runs it; docs/ORCHESTRATION.md)
+	$(BIN)/visionops sweep $(ARGS)
+
 serve: $(STAMP) ## serve models:/visionops-classifier@champion on http://127.0.0.1:8000 (upload page at /)
 	$(BIN)/visionops serve
 
 BENCH_DATA ?= ../shared/datasets/clothing-small
 bench: $(STAMP) ## measured benchmarks, recorded in docs/BENCHMARKS.md (BENCH_DATA=<dataset>)
 	$(BIN)/python benchmarks/bench_train.py --data $(BENCH_DATA)/train --images 256
+
+BENCH_MODEL ?= artifacts/export/model.onnx
+bench-serve: $(STAMP) ## serving: 100 clients fp32 + int8, 1 client, hostile cases (BENCH_MODEL=<.onnx>)
+	$(BIN)/python benchmarks/load_test.py --model $(BENCH_MODEL) --precision fp32
+	$(BIN)/python benchmarks/load_test.py --model $(BENCH_MODEL) --precision int8
+	$(BIN)/python benchmarks/load_test.py --model $(BENCH_MODEL) --precision int8 --clients 1 --seconds 20
+	$(BIN)/python benchmarks/hostile.py --model $(BENCH_MODEL) --precision int8
 
 clean: ## remove artifacts/ and caches (never data/ or mlruns/)
 	rm -rf artifacts .cache .pytest_cache .ruff_cache

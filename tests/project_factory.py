@@ -99,7 +99,7 @@ def make_project(
 ) -> Path:
     """A git + dvc project at ``root`` with generated images in data/ tracked by data.dvc."""
     root.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", "curation.csv"):  # validate deps
         shutil.copy(REPO_ROOT / name, root / name)
     (root / ".gitignore").write_text("/data/\n/artifacts/\n/mlruns/\n/.cache/\n/dvc-storage/\n")
     # dvc.yaml lists src/visionops/... files as deps: link the package source in.

@@ -129,7 +129,19 @@ class EvaluateParams(_Section):
 class ExportParams(_Section):
     opset: Annotated[int, Field(ge=13, le=23)] = 17
     parity_max_abs_diff: Annotated[float, Field(gt=0)] = 1e-4
-    int8: bool = False
+    # int8 (export/int8_gate.py): "auto" quantizes and keeps the model only when it passes the
+    # gate, never failing the export; "off" skips it. true/false (older params) mean auto/off.
+    int8: Literal["auto", "off"] = "auto"
+    int8_min_agreement: Annotated[float, Field(gt=0.0, le=1.0)] = 0.995
+    int8_max_drop: Fraction = 0.005
+    int8_calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    int8_calibration_images: Annotated[int, Field(ge=1, le=4096)] = 128
+    int8_keep_fp32: list[Literal["stem", "head", "depthwise", "se"]] = Field(default_factory=list)
+
+    @field_validator("int8", mode="before")
+    @classmethod
+    def _bool_is_auto_or_off(cls, value: Any) -> Any:
+        return {True: "auto", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class RegisterParams(_Section):
@@ -156,10 +168,19 @@ class ServeParams(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     model: str = "models:/visionops-classifier@champion"
+    precision: Literal["auto", "fp32", "int8"] = "auto"
     max_upload_mb: Annotated[float, Field(gt=0)] = 10
     max_files: PositiveInt = 16
+    max_request_pixels: PositiveInt = 50_000_000
     timeout_seconds: Annotated[float, Field(gt=0)] = 30
     poll_seconds: Annotated[float, Field(gt=0)] = 30
+    max_queue: PositiveInt = 128
+    max_buffered_mb: Annotated[float, Field(gt=0)] = 160
+    header_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5
+    keep_alive_seconds: Annotated[float, Field(ge=1, le=300)] = 5
+    infer_workers: Annotated[int, Field(ge=1, le=64)] = 2
+    ort_threads: Annotated[int, Field(ge=0, le=64)] = 0
+    micro_batch: bool = False
 
 
 class Config(_Section):

@@ -17,13 +17,59 @@ import yaml
 
 from visionops.config import Config
 
+#: Experiment tag MLflow 3 reads to decide what an experiment is for (``mlflow.utils.
+#: mlflow_tags`` has no constant for it; the UI and ``mlflow.demo`` use the literal).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # "Machine learning", not "GenAI apps & agents"
+#: For MLflow UI links. The UI of MLflow 3.17 picks the GenAI pages (traces) or the model pages
+#: (runs, models) from this switch, not from the tag above: the sidebar's "GenAI" | "Model
+#: training" toggle (remembered per browser; default GenAI) or this query parameter.
+UI_MODEL_TRAINING = "workflowType=machine_learning"
+
+#: Where ``dvc exp run --queue`` / ``--temp`` copies the repository for each experiment.
+_DVC_EXEC_DIR = Path(".dvc") / "tmp" / "exps"
+EXPERIMENT_ENV = ("DVC_EXP_NAME", "VISIONOPS_EXPERIMENT")
+
+
+def store_root(config: Config) -> Path:
+    """The folder a relative store path (``sqlite:///mlruns/...``) is resolved against.
+
+    Normally the project (``config.root``). A queued DVC experiment runs in a throw-away copy of
+    the repository under ``<repo>/.dvc/tmp/exps/<tmp>/``, deleted when it ends; DVC gives its
+    stage commands ``DVC_ROOT`` = the original repository. There, the same relative path is
+    resolved in the original project, so the experiment's runs and versions land in the
+    project's ``mlruns/``, not in the copy.
+    """
+    root = config.root.resolve()
+    dvc_root = os.environ.get("DVC_ROOT")
+    if not dvc_root:
+        return root
+    origin = Path(dvc_root).resolve()
+    if not root.is_relative_to(origin / _DVC_EXEC_DIR):
+        return root
+    copy = next((p for p in (root, *root.parents) if (p / ".dvc").is_dir()), None)
+    if copy is None or copy == origin:
+        return root
+    return origin / root.relative_to(copy)
+
+
+def current_experiment() -> str | None:
+    """The experiment this process belongs to: ``dvc exp run`` / ``dvc queue`` set
+    ``DVC_EXP_NAME`` for stage commands; the Prefect flow sets ``VISIONOPS_EXPERIMENT`` when it
+    applies param overrides. ``None`` for a plain ``dvc repro``."""
+    for var in EXPERIMENT_ENV:
+        if os.environ.get(var):
+            return os.environ[var]
+    return None
+
 
 def tracking_uri(config: Config) -> str:
-    """The URI in force: the environment's, else params' with a relative sqlite path resolved."""
+    """The URI in force: the environment's, else params' with a relative sqlite path resolved
+    against :func:`store_root` (the project, also from a queued experiment's copy of it)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or config.base.mlflow_tracking_uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        db = config.path(uri.removeprefix(prefix))
+        db = store_root(config) / uri.removeprefix(prefix)
         db.parent.mkdir(parents=True, exist_ok=True)
         uri = prefix + str(db.resolve())
     return uri
@@ -32,8 +78,10 @@ def tracking_uri(config: Config) -> str:
 def setup_tracking(config: Config) -> str:
     """Point mlflow at the project's store and select (or create) the experiment.
 
-    A new experiment's artifacts go to ``base.mlflow_artifacts_dir`` so the embedded store keeps
-    everything under ``mlruns/``. Returns the experiment id.
+    A new experiment's artifacts go to ``base.mlflow_artifacts_dir`` (under :func:`store_root`)
+    so the embedded store keeps everything under ``mlruns/``. The experiment, new or existing,
+    is marked for model development (:data:`EXPERIMENT_KIND_TAG`) unless it already says it is
+    one of the model kinds. Returns the experiment id.
     """
     import mlflow
 
@@ -45,14 +93,32 @@ def setup_tracking(config: Config) -> str:
     if experiment is None:
         location = None
         if uri.startswith("sqlite:"):
-            artifacts = config.path(config.base.mlflow_artifacts_dir).resolve()
+            artifacts = (store_root(config) / config.base.mlflow_artifacts_dir).resolve()
             artifacts.mkdir(parents=True, exist_ok=True)
             location = artifacts.as_uri()
-        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        experiment_id = mlflow.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     else:
         experiment_id = experiment.experiment_id
+        if experiment.tags.get(EXPERIMENT_KIND_TAG) not in _MODEL_KINDS:
+            mlflow.MlflowClient(uri).set_experiment_tag(
+                experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+            )
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+# Kinds the UI files under "Machine learning"; anything else (GenAI, none) is set to ours.
+_MODEL_KINDS = {
+    EXPERIMENT_KIND,
+    "custom_model_development_inferred",
+    "finetuning",
+    "forecasting",
+    "classification",
+    "regression",
+    "automl",
+}
 
 
 #: Written by ``dvc repro`` while the stages run (each finished stage updates its entry), so it

@@ -97,11 +97,17 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(app, port: int | None = None):
-    """Run ``app`` with uvicorn on 127.0.0.1 in a thread; yields the base URL."""
-    import uvicorn
+    """Run ``app`` in a thread on 127.0.0.1 with the server ``visionops serve`` uses (uvicorn +
+    the connection deadlines of ``app.state.settings``); yields the base URL."""
+    from visionops.serve.app import ServeSettings
+    from visionops.serve.connections import raise_fd_limit, uvicorn_server
 
+    raise_fd_limit()
+    settings = getattr(app.state, "settings", None) or ServeSettings()
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn_server(
+        app, "127.0.0.1", port, settings.header_timeout_seconds, settings.keep_alive_seconds
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -114,3 +120,59 @@ def live_server(app, port: int | None = None):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def multipart(
+    files: list[tuple[str, bytes]], boundary: str = "visionops-test"
+) -> tuple[str, bytes]:
+    """(content type, body) of a multipart/form-data upload of ``files`` in the field ``files``."""
+    parts = []
+    for name, data in files:
+        head = (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+            f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+        )
+        parts.append(head.encode() + data + b"\r\n")
+    return f"multipart/form-data; boundary={boundary}", b"".join(
+        parts
+    ) + f"--{boundary}--\r\n".encode()
+
+
+class RawClient:
+    """One kept-alive HTTP/1.1 connection over asyncio streams: cheap enough to run hundreds at
+    once in a test, and a reset shows up as the ``ConnectionError`` it is."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader = self.writer = None
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", content_type: str | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        import asyncio
+
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(body)}\r\n"
+        if content_type:
+            head += f"Content-Type: {content_type}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        await self.writer.drain()
+        status_line = await self.reader.readline()
+        if not status_line:
+            raise ConnectionResetError("connection closed before a response")
+        status = int(status_line.split()[1])
+        headers = {}
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", 0))
+        data = await self.reader.readexactly(length) if method != "HEAD" else b""
+        if headers.get("connection") == "close":
+            await self.close()
+        return status, headers, data
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None

@@ -8,11 +8,11 @@ absent. The screenshot lands in ``test-results/serve-page.png``.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.chromium import headless_chromium
 from tests.e2e.serve_support import image_bytes, live_server, tiny_cnn
 from visionops.serve.app import ServeSettings, create_app
 from visionops.serve.holder import ModelHolder
@@ -21,20 +21,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = REPO_ROOT / "sample" / "clothing-mini"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1000,900",
-]
 
 
 def sample_photo(tmp_path: Path) -> tuple[Path, list[str]]:
@@ -49,23 +35,8 @@ def sample_photo(tmp_path: Path) -> tuple[Path, list[str]]:
 
 @pytest.fixture()
 def browser(tmp_path, monkeypatch):
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip(
-            "headless Chromium is not installed: apt-get install -y chromium chromium-driver"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager: never download a driver
-    monkeypatch.setenv("SE_AVOID_STATS", "true")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'chrome-profile'}"]:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    with headless_chromium(tmp_path, monkeypatch) as driver:
+        yield driver
 
 
 def test_upload_page_shows_the_predicted_label(browser, tmp_path):

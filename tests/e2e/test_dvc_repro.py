@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.test_browser import CHROMEDRIVER, CHROMIUM, FLAGS
+from tests.e2e.chromium import headless_chromium
 from tests.project_factory import REPO_ROOT, make_project, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -84,26 +84,9 @@ def test_metrics_show_fits_a_terminal(reproduced: Path) -> None:
 
 @pytest.fixture()
 def chromium(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Headless Chromium through Selenium and the system driver (as tests/e2e/test_browser.py),
-    keeping the browser's console log."""
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip(
-            "headless Chromium is not installed: apt-get install -y chromium chromium-driver"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager: never download a driver
-    monkeypatch.setenv("SE_AVOID_STATS", "true")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'chrome-profile'}"]:
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
+    """Headless Chromium keeping the browser's console log."""
+    with headless_chromium(tmp_path, monkeypatch, console_log=True) as driver:
+        yield driver
 
 
 def test_plots_show_renders_offline_in_chromium(reproduced: Path, chromium, tmp_path: Path) -> None:

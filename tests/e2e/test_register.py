@@ -416,3 +416,106 @@ def test_outputs_and_their_mlruns_copies_keep_the_umask_mode(tracked: Config) ->
         str(f.relative_to(tracked.root)): oct(f.stat().st_mode & 0o777) for f in outputs + copies
     }
     assert modes == dict.fromkeys(modes, "0o644")
+
+
+# --- int8 as a second artifact of the same version (issue 12) ---------------------------------
+
+INT8 = "model.int8.onnx"
+
+
+def install_int8(cfg: Config, passed: bool) -> Path:
+    """What export's int8 gate leaves beside install_model's fp32 model: int8/gate.json, the
+    report's int8 block and, when it passed, a really quantized int8/model.int8.onnx stamped
+    with its verdict and the fp32 model's sha256."""
+    import numpy as np
+
+    from visionops.export.int8_files import GATE_KEY, onnx_metadata
+    from visionops.export.onnx_meta import write_metadata
+    from visionops.export.quantize import Recipe, quantize_int8
+
+    p = stage_paths(cfg)
+    folder = p.onnx_model.parent / "int8"
+    folder.mkdir(parents=True, exist_ok=True)
+    sha = hashlib.sha256(p.onnx_model.read_bytes()).hexdigest()
+    block = {
+        "enabled": True,
+        "passed": passed,
+        "reason": "top-1 agreement 99.80%" if passed else "top-1 agreement 97.00% < 99.50%",
+        "path": "artifacts/export/int8/model.int8.onnx" if passed else None,
+        "n_images": 500,
+        "agreement": 0.998 if passed else 0.97,
+        "accuracy_delta": 0.002 if passed else -0.012,
+        "speedup": 1.93,
+        "fp32_sha256": sha,
+    }
+    if passed:
+        size = TOY_SPEC.image_size
+        x = np.random.default_rng(0).uniform(-1, 1, (16, 3, size, size)).astype(np.float32)
+        model = folder / "model.int8.onnx"
+        quantize_int8(p.onnx_model, model, x, onnx_metadata(p.onnx_model), Recipe(images=16))
+        stamp = {"passed": True, "agreement": 0.998, "fp32_sha256": sha}
+        write_metadata(model, {**onnx_metadata(model), GATE_KEY: json.dumps(stamp)})
+    write_json(folder / "gate.json", block)
+    report = json.loads(p.export_report.read_text())
+    write_json(p.export_report, {**report, "int8": block})
+    return folder
+
+
+def test_an_int8_model_is_a_second_file_of_the_same_version(tracked: Config) -> None:
+    cfg, name, uri = tracked, tracked.register.model_name, tracking_uri(tracked)
+    install_model(cfg, PERFECT)
+    install_int8(cfg, passed=True)
+    decision = register.run(cfg).decision
+    assert (decision["version"], decision["alias"]) == ("1", "champion")
+    client = client_of(cfg)
+    assert [str(v.version) for v in client.search_model_versions(f"name = '{name}'")] == ["1"]
+    mv = client.get_model_version(name, "1")
+    assert mv.tags["int8"] == "passed" and len(mv.tags) <= 12, sorted(mv.tags)
+    record = read_record(client, mv, uri)
+    assert record["int8.agreement"] == "0.998" and record["int8.speedup"] == "1.93"
+    assert record["int8.accuracy_delta"] == "0.002" and record["int8.passed"] == "true"
+    assert "int8 `model.int8.onnx`: top-1 agreement 0.998" in mv.description
+    files = {f.name for f in _model_dir(cfg, "1").iterdir()}
+    assert {"model.onnx", "model.int8.onnx", "seen_images.txt"} <= files
+
+    champion = f"models:/{name}@champion"
+    int8 = Predictor(champion, tracking_uri=uri, precision="int8")
+    auto = Predictor(champion, tracking_uri=uri)
+    fp32 = Predictor(champion, tracking_uri=uri, precision="fp32")
+    assert (int8.precision, int8.model_path.name, int8.model_version) == ("int8", INT8, "1")
+    assert (auto.precision, auto.model_path.name) == ("int8", INT8)
+    assert (fp32.precision, fp32.model_path.name) == ("fp32", "model.onnx")
+    red = [cfg.data_dir / r["path"] for r in _rows(cfg, "test") if r["label"] == "red"]
+    assert {p.label for p in int8.predict(red)} == {"red"}
+    # Register and the champion comparison score the fp32 file, never the int8 one.
+    assert register.run(cfg).decision["already_registered"]
+
+
+def test_a_failed_int8_gate_registers_fp32_only(tracked: Config) -> None:
+    cfg, name, uri = tracked, tracked.register.model_name, tracking_uri(tracked)
+    install_model(cfg, PERFECT)
+    install_int8(cfg, passed=False)
+    assert register.run(cfg).decision["version"] == "1"
+    mv = client_of(cfg).get_model_version(name, "1")
+    assert mv.tags["int8"] == "failed"
+    assert "no int8 model: top-1 agreement 97.00% < 99.50%" in mv.description
+    assert "model.int8.onnx" not in {f.name for f in _model_dir(cfg, "1").iterdir()}
+    champion = f"models:/{name}@champion"
+    assert Predictor(champion, tracking_uri=uri).precision == "fp32"
+    with pytest.raises(VisionOpsError, match=r"version 1\) has no int8 model \(tag int8=failed"):
+        Predictor(champion, tracking_uri=uri, precision="int8")
+
+
+def test_a_stale_int8_model_is_not_registered(tracked: Config) -> None:
+    """An int8 file made from another model.onnx (its stamp names another sha256)."""
+    cfg, name = tracked, tracked.register.model_name
+    install_model(cfg, PERFECT)
+    install_int8(cfg, passed=True)
+    install_model(cfg, PERFECT, scale=5.0)  # a new fp32 export; the int8 folder is the old one
+    report = json.loads(stage_paths(cfg).export_report.read_text())
+    write_json(stage_paths(cfg).export_report, {**report, "int8": {"passed": True, "agreement": 1}})
+    register.run(cfg)
+    mv = client_of(cfg).get_model_version(name, "1")
+    assert mv.tags["int8"] == "failed"
+    assert "was not made from this model.onnx" in mv.description
+    assert "model.int8.onnx" not in {f.name for f in _model_dir(cfg, "1").iterdir()}

@@ -207,10 +207,10 @@ class SlowPredictor(Predictor):
 
     delay = 0.0
 
-    def predict(self, sources, top_k=3):
-        self.batch_sizes = [*getattr(self, "batch_sizes", []), len(sources)]
+    def predict_arrays(self, batch):
+        self.batch_sizes = [*getattr(self, "batch_sizes", []), len(batch)]
         time.sleep(self.delay)
-        return super().predict(sources, top_k)
+        return super().predict_arrays(batch)
 
 
 def test_slow_inference_times_out_with_504(model_path):
@@ -233,7 +233,8 @@ def test_cli_serves_and_stops_cleanly(tmp_path, model_path):
     code = (
         "import sys\n"
         "from visionops.cli import main\n"
-        "rc = main(['serve', '--model', sys.argv[1], '--port', sys.argv[2]])\n"
+        "rc = main(['serve', '--model', sys.argv[1], '--port', sys.argv[2],\n"
+        "           '--precision', 'fp32'])\n"
         "assert 'torch' not in sys.modules, 'torch was imported by the serving path'\n"
         "sys.exit(rc)"
     )
@@ -253,7 +254,7 @@ def test_cli_serves_and_stops_cleanly(tmp_path, model_path):
             except httpx.TransportError:
                 assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
                 time.sleep(0.2)
-        assert health["model"] == "tiny"
+        assert health["model"] == "tiny" and health["precision"] == "fp32"
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=20)

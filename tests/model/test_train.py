@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import mlflow
 import pytest
@@ -59,6 +60,15 @@ def test_separable_toy_set_is_learned_and_tracked(toy_project) -> None:
     assert run.data.params["train.batch_size"] == "16"
     assert run.data.params["resolved.imbalance"] == "none"
     assert {"git_commit", "data_version", "params_hash"} <= set(run.data.tags)
+    # issue 11: runs tell apart by name (backbone, data version, time); clean summary names
+    assert re.fullmatch(r"train lite0 (\w{6}|untracked) \d\d-\d\d \d\d:\d\d", run.info.run_name), (
+        run.info.run_name
+    )
+    assert {"best_val_accuracy", "best_val_macro_f1", "best_epoch", "epochs"} <= set(
+        run.data.metrics
+    )
+    assert not [m for m in run.data.metrics if m.startswith("best_best")]
+    assert run.data.metrics["best_epoch"] == result.best_epoch
     history = mlflow.MlflowClient(run_info["tracking_uri"]).get_metric_history(
         run.info.run_id, "val_acc"
     )

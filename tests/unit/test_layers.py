@@ -30,6 +30,7 @@ LAYERS = [
     "registry",
     "inference",
     "serve",
+    "curate",
     "orchestrate",
     "cli",
 ]

@@ -40,6 +40,17 @@ STAGE_MODULES = {
 
 MODEL_HELP = "a .onnx file, models:/<name>@<alias> or models:/<name>/<version>"
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the store in params.yaml)"
+PRECISION_HELP = (
+    "auto: the int8 model when the model has one that passed export's agreement gate, else "
+    "fp32 (default); fp32 or int8 to force one (an error when there is no int8 model)"
+)
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|int8`` (issue 12), passed on as ``Predictor(precision=...)``."""
+    p.add_argument(
+        "--precision", choices=("auto", "fp32", "int8"), default="auto", help=PRECISION_HELP
+    )
 
 
 def _version() -> str:
@@ -133,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inference_commands(sub)
     _add_champion_commands(sub)
     _add_reproduce_command(sub)
+    import_module("visionops.cli.sweep").add_command(sub)
+    import_module("visionops.cli.curate").add_commands(sub, _add_common)
     return parser
 
 
@@ -144,6 +157,7 @@ def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=3, help="how many classes to list per image")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
+    add_precision(p)
     p.set_defaults(func=lambda a: import_module("visionops.cli.predict").predict(a))
 
     text = "accuracy and macro-F1 of a model on any labeled folder (ImageFolder)"
@@ -152,6 +166,7 @@ def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("folder", help="a folder of <label>/<image> sub-folders (ImageFolder layout)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
+    add_precision(p)
     p.set_defaults(func=lambda a: import_module("visionops.cli.predict").evaluate_folder(a))
 
     text = "commit, data version, params, metrics and run of a model version"
@@ -167,6 +182,13 @@ def _add_inference_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help=MODEL_HELP + " (default: serve.model in params)")
     p.add_argument("--host", default=None, help="address to listen on (default: serve.host)")
     p.add_argument("--port", type=int, default=None, help="TCP port, 1-65535 (default: serve.port)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "int8"),
+        default=None,
+        help="auto: the int8 model when it passed export's gate, else fp32 (default: "
+        "serve.precision)",
+    )
     p.set_defaults(func=_serve)
 
 

@@ -25,9 +25,17 @@ log = logging.getLogger(__name__)
 
 
 def _predictor(args: argparse.Namespace) -> Predictor:
-    predictor = Predictor(args.model, tracking_uri=getattr(args, "tracking_uri", None))
+    predictor = Predictor(
+        args.model,
+        tracking_uri=getattr(args, "tracking_uri", None),
+        precision=getattr(args, "precision", "auto"),
+    )
     version = f" (version {predictor.model_version})" if predictor.model_version else ""
-    print(f"model: {predictor.source}{version} on {predictor.provider}", file=sys.stderr)
+    print(
+        f"model: {predictor.source}{version}, {predictor.precision} ({predictor.model_path.name}) "
+        f"on {predictor.provider}",
+        file=sys.stderr,
+    )
     return predictor
 
 
@@ -66,6 +74,7 @@ def predict(args: argparse.Namespace) -> int:
         out = {
             "model": predictor.source,
             "model_version": predictor.model_version,
+            "precision": predictor.precision,
             "provider": predictor.provider,
             "predictions": [p.to_dict() for p in predictions],
         }
@@ -85,6 +94,7 @@ def evaluate_folder(args: argparse.Namespace) -> int:
     out = {
         "model": predictor.source,
         "model_version": predictor.model_version,
+        "precision": predictor.precision,
         "provider": predictor.provider,
         "folder": str(args.folder),
         **report,

@@ -46,6 +46,7 @@ def _suite(gx, gxe, min_side: int, max_pixels: int, formats: frozenset[str]):
         gxe.ExpectColumnValuesToNotBeNull(column="label"),
         gxe.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$"),
         gxe.ExpectColumnValuesToBeUnique(column="sha256"),
+        gxe.ExpectColumnValuesToMatchRegex(column="phash", regex=r"^[0-9a-f]{64}$"),
         gxe.ExpectColumnValuesToBeBetween(column="bytes", min_value=1),
         gxe.ExpectColumnValuesToBeBetween(column="width", min_value=min_side),
         gxe.ExpectColumnValuesToBeBetween(column="height", min_value=min_side),
@@ -107,7 +108,7 @@ def check_manifest(
 
     frame = usable[COLUMNS].copy()
     frame["pixels"] = frame["width"].astype("float64") * frame["height"].astype("float64")
-    for col in ("bytes", "width", "height", "orientation"):  # GX wants plain numpy dtypes
+    for col in ("bytes", "width", "height", "orientation", "flat", "contrast"):  # plain dtypes
         frame[col] = frame[col].astype("float64")
     frame["split_hint"] = (
         frame["split_hint"].astype(object).where(frame["split_hint"].notna(), None)

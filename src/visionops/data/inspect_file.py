@@ -6,10 +6,15 @@ Each row (see :data:`COLUMNS`): ``path`` relative to ``data/`` (POSIX), ``label`
 normalise), ``width``/``height`` *after* EXIF orientation, ``orientation`` (EXIF tag, 1 = upright),
 ``usable`` and ``problem`` (``"<kind>: <detail>"``, empty when usable).
 
-Read but skipped: zero-byte, unidentifiable, truncated/corrupt (JPEGs are decoded whole at 1/8
-scale, which parses every block for a third of the cost; other formats go through
-:func:`visionops.images.open_image`, the loader training uses), smaller than ``min_side``, over
-``max_pixels`` (only the header is parsed; the pixels are never decoded).
+Read but skipped: zero-byte, unidentifiable, truncated/corrupt (JPEGs are decoded whole with
+libjpeg's DCT scaling, down to 1/8 but never below 64 px a side, which parses every block for a
+fraction of the cost; other formats go through :func:`visionops.images.open_image`, the loader
+training uses), smaller than ``min_side``, over ``max_pixels`` (only the header is parsed; the
+pixels are never decoded).
+
+A usable row also carries what the decoded copy says (:mod:`visionops.data.signals`): ``phash``
+(256-bit perceptual hash, near-duplicates), ``flat`` (share of pixels in the most common colour)
+and ``contrast`` (gray-level std), which flag blank frames and placeholder graphics.
 
 :func:`inspect_file` runs in the scan's worker processes (:mod:`visionops.data.scan` lists the
 files and drives the pool), so everything it takes is small and picklable. Files are opened
@@ -24,14 +29,15 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, ImageOps
 
+from visionops.data.signals import DRAFT_SIZE, flatness, perceptual_hash, small_copy
 from visionops.images import ImageLoadError, open_image
 
 # fmt: off
 COLUMNS = [
     "path", "label", "split_hint", "sha256", "bytes", "format", "mode",
-    "width", "height", "orientation", "usable", "problem",
+    "width", "height", "orientation", "usable", "problem", "phash", "flat", "contrast",
 ]
 # fmt: on
 _READ_ALL_BELOW = 64 * 1024 * 1024  # bytes: smaller files are read once for hash + decode
@@ -62,7 +68,7 @@ def skip_row(rel: str, label: str | None, hint: str | None, problem: str) -> dic
     """A row for a file that is not usable (``problem`` says why); ``inspect_file`` starts here."""
     row = dict.fromkeys(COLUMNS)
     row.update(path=rel, label=label, split_hint=hint, usable=False, problem=problem)
-    row.update(sha256="", format="", mode="", orientation=1)
+    row.update(sha256="", format="", mode="", orientation=1, phash="")
     return row
 
 
@@ -95,14 +101,17 @@ def _sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def _decode_jpeg_scaled(source: bytes | str) -> None:
-    """Decode every block of a JPEG at 1/8 scale (libjpeg DCT scaling): ~3x cheaper than a full
+def _decode_jpeg_scaled(source: bytes | str) -> Image.Image:
+    """Decode every block of a JPEG with libjpeg DCT scaling (1/8 for photos of 512 px and more,
+    never below :data:`~visionops.data.signals.DRAFT_SIZE`): several times cheaper than a full
     decode, and a truncated or broken entropy stream still fails because the whole stream is
-    consumed. Raises :class:`ImageLoadError` like :func:`~visionops.images.open_image`."""
+    consumed. Returns the small upright copy; raises :class:`ImageLoadError` like
+    :func:`~visionops.images.open_image`."""
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+            img.draft("RGB", DRAFT_SIZE)
             img.load()
+            return ImageOps.exif_transpose(img)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageLoadError(f"corrupt or truncated image: {exc}") from None
 
@@ -160,13 +169,16 @@ def inspect_file(task: FileTask, rules: ScanRules) -> dict:
     else:
         try:
             if fmt in _JPEG_FORMATS:
-                _decode_jpeg_scaled(source)
+                decoded = _decode_jpeg_scaled(source)
             else:
-                open_image(source, max_pixels=rules.max_pixels)
+                decoded = open_image(source, max_pixels=rules.max_pixels)
+            small = small_copy(decoded)
         except ImageLoadError as exc:
             row["problem"] = f"corrupt: {exc}"
         except Exception as exc:  # e.g. MemoryError, odd codec failures: still a bad file
             row["problem"] = f"corrupt: {type(exc).__name__}: {exc}"
         else:
             row["usable"] = True
+            row["phash"] = perceptual_hash(small)
+            row["flat"], row["contrast"] = flatness(small)
     return row

@@ -7,6 +7,12 @@ The rule. For an image with content hash ``h`` (sha256 hex) and ``seed``::
 
 so an image's split depends only on its bytes, the seed and the ratios. Adding, removing or
 relabelling *other* images never moves it, and copies of the same bytes always land together.
+
+Near-duplicates travel together: for an image in a near-duplicate group (``dup_group`` in the
+manifest, :mod:`visionops.data.near_duplicates`) ``h`` is the group's key, the smallest sha256 of
+its members, so a JPEG and its PNG or resized copy can never sit in train and test. The price:
+adding a near-copy of an existing image can change its group's key and so move that group
+(and only it).
 Classes are stratified in expectation: the rule is applied per image and the hash is independent
 of the label, so each class is split with the same ratios.
 
@@ -85,13 +91,22 @@ def split_of(u: float, ratios: dict[str, float]) -> str:
     return names[-1]
 
 
+def split_keys(images: pd.DataFrame) -> pd.Series:
+    """The hash the split rule uses per row: the near-duplicate group key, else the sha256."""
+    if "dup_group" not in images:
+        return images["sha256"]
+    group = images["dup_group"].fillna("").astype(str)
+    return group.where(group != "", images["sha256"])
+
+
 def assign_splits(images: pd.DataFrame, ratios: dict[str, float], seed: int) -> pd.Series:
-    """Split name per row of ``images`` (columns ``sha256`` and optional ``split_hint``).
+    """Split name per row of ``images`` (columns ``sha256``, optional ``split_hint`` and
+    ``dup_group``).
 
     Rows without a hint use ``ratios``. With hints (pre-split), hinted val/test rows keep their
     split and train rows are carved among train and the splits that have no rows at all.
     """
-    u = images["sha256"].map(lambda h: hash_uniform(h, seed))
+    u = split_keys(images).map(lambda h: hash_uniform(h, seed))
     hints = images["split_hint"] if "split_hint" in images else pd.Series(None, index=images.index)
     hints = hints.where(hints.notna() & (hints != ""), None)
     if hints.isna().all():

@@ -15,10 +15,18 @@ Policy (defaults in ``params.yaml`` under ``validate:``):
   ``problem = "duplicate: same content as <path>"``.
 * **normalised, not rejected**: non-RGB modes and EXIF rotation stay usable; the report counts
   them; :func:`visionops.images.open_image` converts them when images are loaded.
+* **kept with a warning**: near-duplicate groups (:mod:`visionops.data.near_duplicates`; groups
+  whose labels differ are conflicts; the split keeps each group together), images that look
+  like junk and class folders whose names differ only in case or spacing
+  (:mod:`visionops.data.suspects`).
+* **people's decisions first**: ``curation.csv`` (:mod:`visionops.data.curation`) relabels and
+  excludes images by content hash before any rule above runs.
 
 Outputs (``visionops.paths``): ``manifest.csv`` — every file, usable or not, with the ``usable``
 and ``problem`` columns (the split stage keeps ``usable == True``); ``report.json`` (DVC metrics);
-``summary.md`` for people. ``data/`` is only ever read.
+``summary.md`` for people, with ``near_duplicates.png`` (thumbnails of the groups). ``data/`` is
+only ever read. The manifest adds ``folder_label`` (the class folder; ``label`` is the curated
+label), ``curation``, ``dup_group`` (near-duplicate group key, "" alone) and ``suspect``.
 """
 
 from __future__ import annotations
@@ -31,9 +39,24 @@ from pathlib import Path
 import pandas as pd
 
 from visionops.config import Config
+from visionops.data.curation import apply_curation, curation_path, read_curation
 from visionops.data.expectations import ExpectationsResult, check_manifest, preload_in_background
 from visionops.data.inspect_file import allowed_formats
+from visionops.data.near_duplicates import (
+    MAX_DISTANCE,
+    describe_groups,
+    drop_straddlers,
+    group_near_duplicates,
+)
 from visionops.data.scan import scan_images
+from visionops.data.suspects import colliding_class_names, junk_reasons
+from visionops.data.validate_report import (
+    LISTED,
+    build_report,
+    kind_of,
+    render_markdown,
+    write_contact_sheet,
+)
 from visionops.errors import DataError
 from visionops.io import write_json, write_text, write_with
 from visionops.paths import stage_paths
@@ -41,7 +64,6 @@ from visionops.paths import stage_paths
 log = logging.getLogger(__name__)
 
 _SHOWN = 10  # offending files named in an error message
-_LISTED = 50  # files listed per warning kind in the report
 _SPLIT_RANK = {"test": 0, "val": 1, "train": 2}  # which copy of a duplicate survives
 
 
@@ -58,6 +80,10 @@ class ValidationResult:
     normalized: dict[str, int]
     expectations: ExpectationsResult
     errors: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # kept, but a person should look
+    near_duplicates: dict = field(default_factory=dict)
+    suspect_junk: dict = field(default_factory=dict)
+    curation: dict = field(default_factory=dict)
     duration_s: float = 0.0
     outputs: dict[str, Path] = field(default_factory=dict)
 
@@ -68,6 +94,7 @@ class ValidationResult:
             f"({self.files} files, {skipped} skipped) in {self.duration_s:.1f} s",
         ]
         lines += [f"  skipped {n}: {kind}" for kind, n in self.warnings.items()]
+        lines += [f"  warning: {n}" for n in self.notices]
         if self.normalized:
             shown = ", ".join(f"{k} {v}" for k, v in self.normalized.items())
             lines.append(f"  normalised when loaded: {shown}")
@@ -75,10 +102,6 @@ class ValidationResult:
         lines.append(f"  great-expectations: {self.expectations.evaluated} expectations {gx}")
         lines.append(f"  report: {self.outputs.get('summary')}")
         return "\n".join(lines)
-
-
-def _kind(problem: str) -> str:
-    return problem.split(":", 1)[0]
 
 
 def mark_duplicates(df: pd.DataFrame) -> pd.DataFrame:
@@ -150,73 +173,33 @@ def _normalized_counts(usable: pd.DataFrame) -> dict[str, int]:
     return counts
 
 
-def _report(df: pd.DataFrame, result: ValidationResult) -> dict:
-    skipped = df[~df["usable"]]
-    warnings = {}
-    for kind, group in skipped.groupby(skipped["problem"].map(_kind), sort=True):
-        warnings[kind] = {
-            "count": int(len(group)),
-            "files": [
-                f"{p} — {msg}"
-                for p, msg in zip(group["path"][:_LISTED], group["problem"][:_LISTED], strict=True)
-            ],
-        }
-    usable = df[df["usable"]]
-    report = {
-        "data_dir": str(result.data_dir),
-        "layout": result.layout,
-        "files": result.files,
-        "usable": result.usable,
-        "skipped": int(len(skipped)),
-        "classes": len(result.per_class),
-        "per_class": result.per_class,
-        "modes": {m: int(n) for m, n in usable["mode"].value_counts().sort_index().items()},
-        "normalized": result.normalized,
-        "warnings": warnings,
-        "errors": result.errors,
-        "expectations": result.expectations.to_dict(),
-        "duration_seconds": round(result.duration_s, 2),
-    }
-    if result.layout == "presplit":
-        report["per_split_folder"] = {
-            s: int(n) for s, n in usable["split_hint"].value_counts().sort_index().items()
-        }
-    return report
+SHEET_NAME = "near_duplicates.png"  # beside summary.md, which shows it
 
 
-def _markdown(report: dict) -> str:
-    status = "FAILED" if report["errors"] else "passed"
-    out = [
-        f"# Data validation {status}",
-        "",
-        f"`{report['data_dir']}` ({report['layout']} layout): **{report['usable']} usable images** "
-        f"in **{report['classes']} classes**; {report['files']} files scanned, "
-        f"{report['skipped']} skipped, in {report['duration_seconds']} s.",
-        "",
+def _notices(classes: list[str], groups: list[dict], df: pd.DataFrame, data_dir: Path) -> list[str]:
+    """Warnings that keep the images: colliding class names, label conflicts, junk."""
+    notices = [
+        "class folders differ only in case or spacing and become "
+        f"{len(names)} classes: {', '.join(f'{data_dir}/{n}/' for n in names)}. "
+        "Fix: merge them into one folder"
+        for names in colliding_class_names(classes)
     ]
-    if report["errors"]:
-        out += ["## Errors (the stage failed)", ""] + [f"- {e}" for e in report["errors"]] + [""]
-    out += ["## Images per class", "", "| class | usable images |", "| --- | ---: |"]
-    out += [f"| {c} | {n} |" for c, n in report["per_class"].items()] + [""]
-    if report["normalized"]:
-        out += ["## Normalised when loaded (kept)", ""]
-        out += [f"- {k}: {v}" for k, v in report["normalized"].items()] + [""]
-    if report["warnings"]:
-        out += ["## Skipped files (warnings)", ""]
-        for kind, info in report["warnings"].items():
-            out += [f"### {kind} ({info['count']})", ""] + [f"- `{f}`" for f in info["files"]]
-            if info["count"] > len(info["files"]):
-                out.append(f"- … {info['count'] - len(info['files'])} more in manifest.csv")
-            out.append("")
-    gx = report["expectations"]
-    out += [
-        "## great-expectations",
-        "",
-        f"{gx['evaluated']} expectations on the usable rows: "
-        f"{'all passed' if gx['success'] else 'FAILED'}",
-    ]
-    out += [f"- {line}" for line in gx["failed"]]
-    return "\n".join(out) + "\n"
+    conflicts = [g for g in groups if g["conflict"]]
+    if conflicts:
+        shown = "; ".join(" ~ ".join(g["paths"]) for g in conflicts[:_SHOWN])
+        more = f" (+{len(conflicts) - _SHOWN} more)" if len(conflicts) > _SHOWN else ""
+        notices.append(
+            f"{len(conflicts)} near-duplicate group(s) carry different labels: {shown}{more}. "
+            "Fix: decide in `visionops review` (relabel or exclude)"
+        )
+    junk = int((df["suspect"] != "").sum())
+    if junk:
+        shown = ", ".join(df.loc[df["suspect"] != "", "path"].head(_SHOWN))
+        notices.append(
+            f"{junk} image(s) look like junk (blank or mostly one colour): {shown}. "
+            "Fix: exclude them in `visionops review` if they are not real examples"
+        )
+    return notices
 
 
 def run(config: Config) -> ValidationResult:
@@ -232,8 +215,15 @@ def run(config: Config) -> ValidationResult:
     preload_in_background()  # GX's slow import overlaps the scan
     df = scan_images(data_dir, params, config.base.workers)
     layout, classes = df.attrs["layout"], df.attrs["class_folders"]
+    curation_file = curation_path(config)
+    df, curated = apply_curation(df, read_curation(curation_file), classes, curation_file)
     df = mark_duplicates(df)
+    df["dup_group"] = group_near_duplicates(df)
+    df = drop_straddlers(df)
+    df["suspect"] = junk_reasons(df)
     errors = find_errors(df, classes, params.min_images_per_class, data_dir)
+    groups = describe_groups(df)
+    notices = _notices(classes, groups, df, data_dir)
 
     usable = df[df["usable"]]
     if len(usable):
@@ -248,7 +238,7 @@ def run(config: Config) -> ValidationResult:
     else:
         gx_result = ExpectationsResult(success=False, evaluated=0, failed=["no usable images"])
 
-    skipped = df.loc[~df["usable"], "problem"].map(_kind).value_counts().sort_index()
+    skipped = df.loc[~df["usable"], "problem"].map(kind_of).value_counts().sort_index()
     per_class = usable.groupby("label").size().reindex(classes, fill_value=0)
     result = ValidationResult(
         data_dir=config.base.data_dir,  # as written in params: reports stay clone-independent
@@ -260,18 +250,40 @@ def run(config: Config) -> ValidationResult:
         normalized=_normalized_counts(usable),
         expectations=gx_result,
         errors=errors,
+        notices=notices,
+        near_duplicates={
+            "groups": len(groups),
+            "images": sum(len(g["paths"]) for g in groups),
+            "conflicts": sum(g["conflict"] for g in groups),
+            "max_distance": MAX_DISTANCE,
+            "list": [{k: g[k] for k in ("group", "labels", "conflict", "paths")} for g in groups][
+                :LISTED
+            ],
+        },
+        suspect_junk={
+            "count": int((df["suspect"] != "").sum()),
+            "files": [
+                f"{p} — {why}" for p, why in df.loc[df["suspect"] != "", ["path", "suspect"]].values
+            ][:LISTED],
+        },
+        curation=curated.to_dict(),
     )
     paths = stage_paths(config)
     write_with(paths.manifest, lambda tmp: df.to_csv(tmp, index=False))
+    sheet = write_contact_sheet(groups, data_dir, paths.validation_summary.with_name(SHEET_NAME))
     result.duration_s = time.perf_counter() - started
-    report = _report(df, result)
+    report = build_report(df, result)
     write_json(paths.validation_report, report)
-    write_text(paths.validation_summary, _markdown(report))
+    write_text(paths.validation_summary, render_markdown(report))
     result.outputs = {
         "manifest": paths.manifest,
         "report": paths.validation_report,
         "summary": paths.validation_summary,
     }
+    if sheet:
+        result.outputs["near_duplicates"] = sheet
+    for line in notices:
+        log.warning("%s", line)
     for kind, n in result.warnings.items():
         log.warning("skipped %d file(s): %s (see %s)", n, kind, paths.validation_summary)
     if errors:

@@ -10,9 +10,11 @@
    100% top-1 agreement and max |Δprob| <= ``export.parity_max_abs_diff``. Parity is not
    correctness (a broken model exports faithfully), so the ONNX model's validation accuracy must
    also match what training recorded for the checkpoint;
-5. optionally int8 (:mod:`visionops.export.quantize`: static QDQ, per-channel, calibrated on
-   training images) with its test accuracy delta and speed-up, as ``model.int8.onnx`` beside
-   the model.
+5. int8 (``export.int8: auto``, :mod:`visionops.export.int8_gate`): quantized with the recipe
+   in ``params.yaml`` and kept as ``int8/model.int8.onnx`` only when its top-1 agrees with fp32
+   on every val and test image (``export.int8_min_agreement``) and accuracy drops by at most
+   ``export.int8_max_drop``; ``int8/gate.json`` says why either way. A failing gate never fails
+   the export.
 
 Any failure raises and leaves no ``model.onnx`` behind: the file is built beside the target and
 renamed into place only after every check passed.
@@ -33,6 +35,9 @@ from visionops.config import Config
 from visionops.data.split import split_rows
 from visionops.errors import VisionOpsError
 from visionops.evaluate.stage import load_checkpoint, read_train_run
+from visionops.export.int8_files import INT8_FILE
+from visionops.export.int8_gate import run_int8
+from visionops.export.int8_gate import summary as int8_summary
 from visionops.export.onnx_meta import INPUT, OUTPUT, build_metadata, write_metadata
 from visionops.images import PreprocessSpec, preprocess_batches
 from visionops.io import atomic_path, write_json
@@ -58,12 +63,8 @@ class ExportResult:
             f"val images: top-1 agreement {par['top1_agreement']:.1%}, max |dprob| "
             f"{par['max_abs_diff_prob']:.2e}; ONNX val accuracy {r['val_accuracy_onnx']:.3f}"
         )
-        q = r.get("int8") or {}
-        if "speedup" in q:
-            text += (
-                f"; int8: test accuracy {q['accuracy_delta']:+.3f}, "
-                f"{q['speedup']:.2f}x faster -> {q['path']}"
-            )
+        if r.get("int8"):
+            text += "\n" + int8_summary(r["int8"])
         return text
 
 
@@ -154,7 +155,7 @@ def run(config: Config) -> ExportResult:
     p = stage_paths(config)
     target = p.onnx_model
     target.unlink(missing_ok=True)  # a failed export must not leave the previous model around
-    target.with_name("model.int8.onnx").unlink(missing_ok=True)
+    target.with_name(INT8_FILE).unlink(missing_ok=True)  # where versions before issue 12 put it
     val_files, val_labels = split_rows(p.split_file("val"), config.data_dir)
     model, ckpt, names, spec = load_checkpoint(p.checkpoint_best)
     import torch
@@ -228,15 +229,6 @@ def run(config: Config) -> ExportResult:
         "train_run_id": train_run_id,
         **lineage,
     }
-    if config.export.int8:
-        try:
-            from visionops.export.quantize import int8_report
-
-            report["int8"] = int8_report(config, session, target, metadata, spec)
-        except VisionOpsError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - int8 is optional; fp32 stays valid
-            log.warning("int8 quantization failed (fp32 model kept): %s", exc)
-            report["int8"] = {"error": f"{type(exc).__name__}: {exc}"}
+    report["int8"] = run_int8(config, session, target, metadata, spec)
     write_json(p.export_report, report)
     return ExportResult(target, report)

@@ -92,7 +92,7 @@ def main() -> int:
         print(
             f"  test accuracy {metrics.get('accuracy', float('nan')):.3f}, "
             f"macro-F1 {metrics.get('macro_f1', float('nan')):.3f} "
-            f"on {metrics.get('n_images', metrics.get('support', '?'))} held-out test images"
+            f"on {metrics.get('n_images', '?')} held-out test images"
         )
     model = f"models:/{cfg.register.model_name}@champion"
     image = None

@@ -4,12 +4,14 @@ A tensor signature, a real preprocessed test image as input example, execution p
 load here (CUDA only if it really runs), explicit pip requirements, and ``seen_images.txt``
 (:mod:`visionops.data.image_sets`) and ``visionops_record.json``
 (:mod:`visionops.registry.version_record`) among the model's own files, so they travel with
-every registered version of it.
+every registered version of it; likewise ``model.int8.onnx`` when export's int8 gate passed
+for this very ``model.onnx`` (:func:`passed_int8`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -17,10 +19,29 @@ import numpy as np
 
 from visionops.config import Config
 from visionops.data.image_sets import SEEN_FILE, write_hashes
+from visionops.export.int8_files import INT8_DIR, INT8_FILE, gate_stamp
 from visionops.export.onnx_model import OnnxClassifier
 from visionops.images import load_one
 from visionops.paths import stage_paths
 from visionops.registry.version_record import RECORD_FILE
+
+log = logging.getLogger(__name__)
+
+
+def passed_int8(config: Config, export_report: dict, fp32_sha: str) -> Path | None:
+    """Export's ``int8/model.int8.onnx`` when its gate passed and it was made from the
+    ``model.onnx`` with sha256 ``fp32_sha`` (its stamp says so); else None."""
+    path = stage_paths(config).onnx_model.parent / INT8_DIR / INT8_FILE
+    if not ((export_report.get("int8") or {}).get("passed") and path.is_file()):
+        return None
+    stamp = gate_stamp(path) or {}
+    if not stamp.get("passed") or stamp.get("fp32_sha256") != fp32_sha:
+        log.warning(
+            "%s does not carry a passed gate for this model.onnx (stale or copied in); "
+            "registering the fp32 model only. Run `visionops export` again", path,
+        )  # fmt: skip
+        return None
+    return path
 
 
 def _signature_and_example(predictor: OnnxClassifier, files: list[Path]):
@@ -52,9 +73,10 @@ def log_onnx_model(
     files: list[Path],
     metrics: dict[str, float],
     record: dict[str, str],
+    int8: Path | None = None,
 ):
-    """Log the ONNX model (+ seen_images.txt and the version record) into the training run;
-    returns (model info, run id)."""
+    """Log the ONNX model (+ seen_images.txt, the version record and, given, the int8 model as
+    ``model.int8.onnx``) into the training run; returns (model info, run id)."""
     import mlflow
     import onnx
     from mlflow import MlflowClient
@@ -87,11 +109,18 @@ def log_onnx_model(
             client = MlflowClient(mlflow.get_tracking_uri())
             client.log_model_artifact(info.model_id, str(seen_file))
             client.log_model_artifact(info.model_id, str(record_file))
+            if int8 is not None:  # same logged model, same version: a second file, not a model
+                client.log_model_artifact(info.model_id, str(int8))
         mlflow.log_artifact(str(p.export_report), "export")
         mlflow.log_metrics(
             {
                 "export_parity_max_abs_diff_prob": export_report["parity"]["max_abs_diff_prob"],
                 "export_val_accuracy_onnx": export_report["val_accuracy_onnx"],
+                **{
+                    f"export_int8_{k}": v
+                    for k, v in (export_report.get("int8") or {}).items()
+                    if k in ("agreement", "accuracy_delta", "speedup")
+                },
                 **metrics,
             }
         )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visionops.errors import VisionOpsError
+from visionops.export.int8_files import INT8_FILE
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
 
@@ -43,7 +44,8 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 @dataclass(frozen=True)
 class RegistryModel:
-    """A registered model version resolved to a local ``.onnx`` file."""
+    """A registered model version resolved to local files: ``path`` is the fp32 ``model.onnx``,
+    ``int8_path`` its ``model.int8.onnx`` when the version holds one (tag ``int8``)."""
 
     path: Path
     name: str
@@ -51,6 +53,7 @@ class RegistryModel:
     run_id: str | None
     tags: dict[str, str]
     aliases: list[str]
+    int8_path: Path | None = None
 
 
 def get_model_version(uri: str, tracking_uri: str | None = None):
@@ -82,7 +85,7 @@ def get_model_version(uri: str, tracking_uri: str | None = None):
 
 
 def resolve_registry_model(uri: str, tracking_uri: str | None = None, dst: Path | None = None):
-    """Download (or locate, for a local store) the ``.onnx`` file of a registered version."""
+    """Download (or locate, for a local store) the ``.onnx`` files of a registered version."""
     import mlflow.artifacts
 
     client, mv = get_model_version(uri, tracking_uri)
@@ -97,16 +100,21 @@ def resolve_registry_model(uri: str, tracking_uri: str | None = None, dst: Path 
         )
     )
     files = [local] if local.suffix == ".onnx" else sorted(local.rglob("*.onnx"))
-    if not files:
+    # By name, not by order: a version may hold model.onnx and model.int8.onnx.
+    fp32 = [f for f in files if f.name == "model.onnx"] or [
+        f for f in files if not f.name.endswith(".int8.onnx")
+    ]
+    if not fp32:
         raise VisionOpsError(
             f"{uri}: version {mv.version} holds no .onnx file under {location}; "
             "was it logged with mlflow.onnx (visionops register)?"
         )
     return RegistryModel(
-        path=files[0],
+        path=fp32[0],
         name=mv.name,
         version=str(mv.version),
         run_id=mv.run_id,
         tags=dict(mv.tags or {}),
         aliases=list(getattr(mv, "aliases", []) or []),
+        int8_path=next((f for f in files if f.name == INT8_FILE), None),
     )

@@ -5,7 +5,8 @@
    ONNX content (sha256) already registered is that version again, not a new one.
 2. ``mlflow.onnx.log_model`` into the training's run with a tensor signature, a real test
    image as input example and execution providers that load here, plus ``seen_images.txt``
-   (sha256 of every train/val image: :mod:`visionops.data.image_sets`) in the model's files.
+   (sha256 of every train/val image: :mod:`visionops.data.image_sets`) in the model's files,
+   and ``model.int8.onnx`` when export's int8 gate passed (tag ``int8``: passed/failed/none).
 3. Champion vs new model on the current test images neither has seen, and the decision
    (:mod:`visionops.registry.comparison`): no promotion blind, on too few images, or from an
    experiment.
@@ -40,9 +41,9 @@ from visionops.paths import stage_paths
 from visionops.registry import comparison
 from visionops.registry.champion import CHALLENGER, CHAMPION, current_champion, move_champion
 from visionops.registry.decision_record import decision_from_record, decision_tags
-from visionops.registry.log_model import log_onnx_model
+from visionops.registry.log_model import log_onnx_model, passed_int8
 from visionops.registry.recovery import DONE, finish_interrupted
-from visionops.registry.version_record import description, version_tags
+from visionops.registry.version_record import description, int8_record, version_tags
 from visionops.tracking import lineage_tags, setup_tracking, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ def run(config: Config) -> RegisterResult:
             "tracking_uri": uri,
             "lineage": lineage,
         }
+        int8 = passed_int8(config, export_report, sha)
         record = {
             **{k: str(v) for k, v in lineage.items()},
             **dvc_lock_hashes(config.root),
@@ -242,11 +244,12 @@ def run(config: Config) -> RegisterResult:
             "backbone": new.metadata.get("visionops.backbone", ""),
             "seen_images.sha": digest(seen),
             "seen_images.count": str(len(seen)),
+            **int8_record(export_report.get("int8"), int8 is not None),
             **decision_tags(decision),
         }
         info, run_id = log_onnx_model(
             config, run_id, new, lineage, seen, [r.path for r in test_rows],
-            {f"register_test_{metric}": test_scores[metric]}, record,
+            {f"register_test_{metric}": test_scores[metric]}, record, int8,
         )  # fmt: skip
         decision["run_id"] = run_id
         # One call: the version is born with its tags, decision (state pending) and description.

@@ -2,7 +2,7 @@
 
 The MLflow *Models* page shows every tag of every version in its rows, so a version carries only
 the tags people filter and scan by (:data:`TAG_KEYS` plus the headline test metric). The rest —
-``dvc.lock`` hashes, every test metric, parity, the decision's numbers — goes into
+``dvc.lock`` hashes, every test metric, parity, the int8 gate, the decision's numbers — goes into
 ``visionops_record.json`` among the model's own files (beside ``model.onnx`` and
 ``seen_images.txt``) and, for people, into the version's description (markdown, shown on the
 version page). :func:`read_record` gives readers one flat ``{key: str}`` view: the record file
@@ -28,6 +28,7 @@ TAG_KEYS = (
     "params_hash",
     "onnx_sha256",
     "seen_images.sha",
+    "int8",  # passed | failed | none: is there an int8 model among the files (issue 12)
 )
 
 
@@ -51,6 +52,25 @@ def read_record(client, mv, tracking_uri: str) -> dict[str, str]:
     except Exception as exc:  # noqa: BLE001 - older versions and orphans have no record file
         log.debug("version %s of %s: no %s (%s)", mv.version, mv.name, RECORD_FILE, exc)
     return {**record, **dict(mv.tags or {})}
+
+
+def int8_record(block: dict | None, logged: bool) -> dict[str, str]:
+    """Record keys for export's int8 gate (``report.json`` block): the tag ``int8`` is
+    ``passed`` only when ``model.int8.onnx`` was logged with the version, ``failed`` when the
+    gate ran and said no, ``none`` when there was no gate (int8 off, older exports)."""
+    block = block or {}
+    if "agreement" not in block:
+        return {"int8": "passed" if logged else "none"}
+    record = {"int8": "passed" if logged else "failed", "int8.passed": str(logged).lower()}
+    for key in ("agreement", "accuracy_delta", "speedup", "n_images"):
+        if isinstance(block.get(key), int | float):
+            record[f"int8.{key}"] = f"{block[key]:.6g}"
+    if not logged:
+        reason = block.get("reason") or ""
+        if block.get("passed"):  # passed, yet not logged: passed_int8 refused the file
+            reason = "export's model.int8.onnx is missing or was not made from this model.onnx"
+        record["int8.reason"] = str(reason)[:500]
+    return record
 
 
 def _num(value) -> str:
@@ -87,6 +107,14 @@ def description(decision: dict, record: dict[str, str]) -> str:
         f"- {r.get('backbone', '?')}, ONNX opset {r.get('opset', '?')}, parity max |Δprob| "
         f"{r.get('parity.max_abs_diff_prob', '?')}",
     ]
+    if r.get("int8") == "passed":
+        lines.append(
+            f"- int8 `model.int8.onnx`: top-1 agreement {r.get('int8.agreement', '?')} with fp32 "
+            f"on {r.get('int8.n_images', '?')} val+test images, accuracy delta "
+            f"{r.get('int8.accuracy_delta', '?')}, {r.get('int8.speedup', '?')}x faster"
+        )
+    elif r.get("int8") == "failed":
+        lines.append(f"- no int8 model: {r.get('int8.reason', 'the export gate failed')}")
     if d.get("experiment"):
         lines.append(f"- experiment `{d['experiment']}`")
     lines += ["", f"Everything else: `{RECORD_FILE}` in this version's files."]

@@ -8,12 +8,14 @@ The old session is freed when its last request finishes.
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from PIL import Image
 
@@ -24,10 +26,34 @@ from visionops.registry.model_uri import get_model_version, parse_model_uri
 log = logging.getLogger(__name__)
 
 PredictorFactory = Callable[[str, "str | None"], Predictor]
+PRECISIONS = ("auto", "fp32", "int8")
+QUANTIZATION_KEY = "visionops.quantization"  # metadata every int8 export carries
 
 
-def _default_factory(model: str, tracking_uri: str | None) -> Predictor:
-    return Predictor(model, tracking_uri=tracking_uri)
+def load_predictor(
+    model: str, tracking_uri: str | None, precision: str = "auto", threads: int | None = None
+) -> Predictor:
+    """``Predictor(model, precision=...)``: the model's int8 file or its fp32 one.
+
+    Adapter, until ``Predictor``'s ``precision`` keyword (issue 12 item 4, built separately)
+    is in every checkout: without it, ``auto``/``fp32`` load ``model`` as given and ``int8``
+    asks for the int8 file by path.
+    """
+    options = {"threads": threads} if threads else {}
+    if "precision" in inspect.signature(Predictor.__init__).parameters:
+        return Predictor(model, tracking_uri=tracking_uri, precision=precision, **options)
+    if precision == "int8":
+        raise VisionOpsError(
+            "--precision int8: this Predictor cannot pick the int8 file of a model yet; "
+            "pass the int8 file itself (--model path/to/model.int8.onnx)"
+        )
+    return Predictor(model, tracking_uri=tracking_uri, **options)
+
+
+def precision_of(predictor: Predictor) -> str:
+    """ "int8" or "fp32": what the loaded file is, whoever chose it."""
+    chosen = getattr(predictor, "precision", None)
+    return chosen or ("int8" if QUANTIZATION_KEY in predictor.metadata else "fp32")
 
 
 def _warm_up(predictor: Predictor) -> None:
@@ -52,18 +78,24 @@ class ModelHolder:
 
     ``model`` is a ``.onnx`` path, ``models:/<name>/<version>`` (fixed) or
     ``models:/<name>@<alias>`` (followed: :meth:`refresh` loads the version the alias points to
-    when it changes).
+    when it changes). ``precision`` ("auto", "fp32", "int8") and ``threads`` (ONNX Runtime
+    intra-op threads per run) go to every Predictor it loads; ``factory`` replaces that loader.
     """
 
     def __init__(
         self,
         model: str,
         tracking_uri: str | None = None,
-        factory: PredictorFactory = _default_factory,
+        factory: PredictorFactory | None = None,
+        precision: str = "auto",
+        threads: int | None = None,
     ) -> None:
+        if precision not in PRECISIONS:
+            raise VisionOpsError(f"precision {precision!r}: use {', '.join(PRECISIONS)}")
         self.model = str(model)
         self.tracking_uri = tracking_uri
-        self._factory = factory
+        self.precision = precision
+        self._factory = factory or partial(load_predictor, precision=precision, threads=threads)
         self._alias: str | None = None
         self._name: str | None = None
         if self.model.startswith("models:/"):
@@ -97,10 +129,11 @@ class ModelHolder:
         predictor = self._factory(uri, self.tracking_uri)
         _warm_up(predictor)
         log.info(
-            "loaded %s (version %s, %d classes, %s) in %.1f s",
+            "loaded %s (version %s, %d classes, %s, %s) in %.1f s",
             uri,
             predictor.model_version or "-",
             len(predictor.labels),
+            precision_of(predictor),
             predictor.provider,
             time.perf_counter() - started,
         )

@@ -2,10 +2,12 @@
 
     visionops serve                           # serve.model from params (the champion)
     visionops serve --model artifacts/export/model.onnx --port 8080
+    visionops serve --precision fp32          # the fp32 file even when an int8 one passed
     VISIONOPS_TOKEN=secret visionops serve    # /predict then needs "Authorization: Bearer secret"
 
 Binds 127.0.0.1 unless told otherwise. When the model is ``models:/<name>@<alias>`` the registry
 is polled every ``serve.poll_seconds`` and a moved alias is picked up without dropping requests.
+Runs on uvicorn (httptools) with the connection deadlines of :mod:`visionops.serve.connections`.
 """
 
 from __future__ import annotations
@@ -19,14 +21,11 @@ from typing import Any
 from visionops.config import Config
 from visionops.errors import ConfigError, VisionOpsError
 from visionops.serve.app import TOKEN_ENV, ServeSettings, create_app
-from visionops.serve.holder import ModelHolder
+from visionops.serve.connections import raise_fd_limit, uvicorn_server
+from visionops.serve.holder import ModelHolder, precision_of
 from visionops.tracking import tracking_uri
 
 log = logging.getLogger(__name__)
-
-# Connections beyond this get 503 from uvicorn instead of queueing without bound (memory: each
-# request may hold up to serve.max_upload_mb).
-LIMIT_CONCURRENCY = 256
 
 
 def settings_from_config(config: Config, token: str | None = None) -> ServeSettings:
@@ -37,6 +36,14 @@ def settings_from_config(config: Config, token: str | None = None) -> ServeSetti
         timeout_seconds=s.timeout_seconds,
         poll_seconds=s.poll_seconds,
         max_pixels=config.validate_.max_pixels,
+        min_side=config.validate_.min_side,
+        max_request_pixels=s.max_request_pixels,
+        max_queue=s.max_queue,
+        max_buffered_mb=s.max_buffered_mb,
+        header_timeout_seconds=s.header_timeout_seconds,
+        keep_alive_seconds=s.keep_alive_seconds,
+        infer_workers=s.infer_workers,
+        micro_batch=s.micro_batch,
         token=token if token is not None else (os.environ.get(TOKEN_ENV) or None),
     )
 
@@ -52,9 +59,19 @@ def resolve_model(config: Config, model: str | None) -> str:
     return str(path)
 
 
-def build_app(config: Config, model: str | None = None, token: str | None = None):
+def build_app(
+    config: Config,
+    model: str | None = None,
+    token: str | None = None,
+    precision: str | None = None,
+):
     """Load the model (fails fast with a clear error) and return the ASGI app."""
-    holder = ModelHolder(resolve_model(config, model), tracking_uri=tracking_uri(config))
+    holder = ModelHolder(
+        resolve_model(config, model),
+        tracking_uri=tracking_uri(config),
+        precision=precision or config.serve.precision,
+        threads=config.serve.ort_threads or None,
+    )
     return create_app(holder, settings_from_config(config, token))
 
 
@@ -95,17 +112,19 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
 
 
 def run(
-    config: Config, model: str | None = None, host: str | None = None, port: int | None = None
+    config: Config,
+    model: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    precision: str | None = None,
 ) -> None:
     """Serve until interrupted (Ctrl-C stops gracefully, letting requests in flight finish).
 
     A bad port, or one already in use, is a one-line error before the model is announced."""
-    import uvicorn
-
     host = host or config.serve.host
     port = config.serve.port if port is None else port
     check_port(port)
-    app = build_app(config, model)
+    app = build_app(config, model, precision=precision)
     sockets = bind_sockets(host, port)
     settings: ServeSettings = app.state.settings
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
@@ -116,24 +135,19 @@ def run(
             TOKEN_ENV,
         )
     p = app.state.holder.current
+    files = raise_fd_limit()
     log.info(
-        "serving %s (version %s, %s) on http://%s:%d/",
+        "serving %s (version %s, %s, %s) on http://%s:%d/",
         app.state.holder.model,
         p.model_version or "-",
+        precision_of(p),
         p.provider,
         host,
         port,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_config=None,
-            limit_concurrency=LIMIT_CONCURRENCY,
-            timeout_keep_alive=5,
-            timeout_graceful_shutdown=10,
-        )
+    log.debug("open-files limit %d", files)
+    server = uvicorn_server(
+        app, host, port, settings.header_timeout_seconds, settings.keep_alive_seconds
     )
     try:
         server.run(sockets=sockets)
@@ -151,5 +165,12 @@ def run(
 
 
 def main(args: Any, config: Config) -> None:
-    """Entry point of ``cli.py``; ``args.model``/``host``/``port`` None mean ``config.serve``'s."""
-    run(config, model=args.model, host=args.host, port=args.port)
+    """Entry point of ``cli.py``; ``args.model``/``host``/``port``/``precision`` None (or
+    absent) mean ``config.serve``'s."""
+    run(
+        config,
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        precision=getattr(args, "precision", None),
+    )

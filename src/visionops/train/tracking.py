@@ -2,25 +2,48 @@
 
 Rank 0 only: other ranks get a tracker that does nothing. The run carries every resolved param
 (``Config.as_flat_dict()`` plus ``resolved.*``: device, imbalance mode, ...), the lineage tags
-(git commit, data version, params hash), per-epoch metrics (step = epoch), the learning curves
-PNG, the history CSV and the best checkpoint. ``artifacts/train/run.json`` tells later stages
+(git commit, data version, params hash), ``experiment=<name>`` inside a DVC experiment,
+per-epoch metrics (step = epoch), the selected epoch's summary (:data:`SUMMARY_METRICS`), the
+learning curves PNG, the history CSV and the best checkpoint. Its name says backbone, data
+version and start time (:func:`run_name`). ``artifacts/train/run.json`` tells later stages
 which run to log into.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from visionops.config import Config
 from visionops.data.image_sets import digest, seen_by_training
 from visionops.io import write_json
 from visionops.paths import stage_paths
-from visionops.tracking import lineage_tags, setup_tracking, tracking_uri
+from visionops.tracking import current_experiment, lineage_tags, setup_tracking, tracking_uri
 from visionops.train.report import curves_png, log_epoch, write_history
 from visionops.train.result import TrainResult
 
 log = logging.getLogger(__name__)
+
+#: The run's summary metrics: the selected (best) epoch's validation numbers, then the run's
+#: size. Per-epoch series keep the history CSV's names (``val_acc``, ``val_loss``, ... at
+#: step = epoch), so the summary needs names of its own.
+SUMMARY_METRICS = {
+    "val_accuracy": "best_val_accuracy",
+    "val_macro_f1": "best_val_macro_f1",
+    "val_loss": "best_val_loss",
+    "best_epoch": "best_epoch",
+    "epochs": "epochs",
+    "seconds": "train_seconds",
+}
+
+
+def run_name(config: Config, data_version: str, experiment: str | None, now: datetime) -> str:
+    """``train lite1 b608f2 11-30 14:05``: what tells runs apart in the runs table (backbone,
+    data version, local start time); a DVC experiment's name replaces ``train``."""
+    backbone = config.model.backbone.removeprefix("efficientnet_")
+    data = data_version[:6] if data_version != "untracked" else "untracked"
+    return f"{experiment or 'train'} {backbone} {data} {now:%m-%d %H:%M}"
 
 
 class TrainTracker:
@@ -39,13 +62,18 @@ class TrainTracker:
         import mlflow
 
         self.experiment_id = setup_tracking(self.config)
+        experiment = current_experiment()
         if run_id is not None:
             run = mlflow.start_run(run_id=run_id)
             mlflow.set_tag("resumed_after_epoch", str(resumed_from))
         else:
-            run = mlflow.start_run(run_name=f"train-{self.config.model.backbone}")
+            lineage = lineage_tags(self.config)
+            name = run_name(self.config, lineage["data_version"], experiment, datetime.now())
+            run = mlflow.start_run(run_name=name)
             mlflow.log_params({**self.config.as_flat_dict(), **extra_params})
-            mlflow.set_tags({**lineage_tags(self.config), "stage": "train"})
+            mlflow.set_tags({**lineage, "stage": "train"})
+        if experiment:  # the same key register puts on the version: search runs and models alike
+            mlflow.set_tag("experiment", experiment)
         self.run_id = run.info.run_id
         log.info("MLflow run %s (%s)", self.run_id, tracking_uri(self.config))
         return self.run_id
@@ -77,10 +105,8 @@ class TrainTracker:
             return
         import mlflow
 
-        mlflow.log_metrics({f"best_{k}": float(v) for k, v in result.metrics().items()})
-        mlflow.set_tags(
-            {"selection_metric": result.selection_metric, "best_epoch": result.best_epoch}
-        )
+        summary = result.metrics()
+        mlflow.log_metrics({SUMMARY_METRICS.get(k, k): float(v) for k, v in summary.items()})
         for path in (paths.train_plots, paths.train_history, paths.train_metrics):
             mlflow.log_artifact(str(path), artifact_path="train")
         mlflow.log_artifact(str(paths.checkpoint_best), artifact_path="checkpoint")
