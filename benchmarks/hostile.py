@@ -15,6 +15,9 @@ overload  300 closed-loop clients for 15 s (aiohttp): status counts, transport e
           and a /health probe every 0.1 s (status, p50 / max latency).
 deadline  twelve 1800x1800 PNGs in one request (~1 s of decoding), once with a 60 s deadline
           and once with 0.3 s: status and the server CPU spent on each (measured 3 s after).
+draft     (no server) every 15th sample photo blown up 4x, 8x and 40x (at most 80 Mpx): the model's
+          probabilities with draft decoding (what serve, evaluate and export use) vs every
+          pixel decoded: |delta prob| p50 / p95 / max, top-1 agreement, decode CPU per image.
 
 JSON: benchmarks/results/hostile-*.json. Results: docs/BENCHMARKS.md.
 """
@@ -228,14 +231,14 @@ async def _overload(url: str, clients: int, seconds: float) -> dict:
 def case_deadline(model: str, params: str, variant: dict) -> dict:
     import httpx
 
+    from visionops.config import ServeParams
+
     files = [("files", (f"{i}.png", _smooth_png(1800, i), "image/png")) for i in range(12)]
     out = {}
     for timeout in (60, 0.3):
-        extra = {
-            "serve.timeout_seconds": timeout,
-            "serve.max_upload_mb": 40,
-            "serve.max_request_pixels": 10**9,
-        }
+        extra = {"serve.timeout_seconds": timeout, "serve.max_upload_mb": 40}
+        if "max_request_pixels" in ServeParams.model_fields:  # not in the pre-issue-12 code
+            extra["serve.max_request_pixels"] = 10**9
         v = {**variant, "set": {**variant.get("set", {}), **extra}}
         proc, url = start_server(model, params, v)
         try:
@@ -255,6 +258,40 @@ def case_deadline(model: str, params: str, variant: dict) -> dict:
     return out
 
 
+def case_draft(model: str, precision: str | None) -> dict:
+    from visionops.images import load_and_preprocess, open_image, preprocess
+    from visionops.inference import Predictor
+
+    predictor = Predictor(model, precision=precision or "auto")
+    spec = predictor.spec
+    datas = []
+    for path in sorted(SAMPLE.glob("*/*.jpg"))[::15]:
+        photo = Image.open(path).convert("RGB")
+        for factor in (4, 8, 40):
+            factor = min(factor, int((80e6 / (photo.width * photo.height)) ** 0.5))  # bomb guard
+            big = photo.resize((photo.width * factor, photo.height * factor), Image.BICUBIC)
+            buf = io.BytesIO()
+            big.save(buf, "JPEG", quality=90)
+            datas.append(buf.getvalue())
+    t0 = time.process_time()
+    full = np.stack([preprocess(open_image(d), spec) for d in datas])
+    t1 = time.process_time()
+    draft = np.stack([load_and_preprocess(d, spec) for d in datas])
+    t2 = time.process_time()
+    p_full, p_draft = predictor.predict_arrays(full), predictor.predict_arrays(draft)
+    delta = np.abs(p_full - p_draft).max(axis=1)
+    return {
+        "images": len(datas),
+        "precision": getattr(predictor, "precision", None),
+        "delta_prob_p50": round(float(np.median(delta)), 4),
+        "delta_prob_p95": round(float(np.percentile(delta, 95)), 4),
+        "delta_prob_max": round(float(delta.max()), 4),
+        "top1_agreement": float(np.mean(p_full.argmax(1) == p_draft.argmax(1))),
+        "decode_cpu_ms_full": round(1000 * (t1 - t0) / len(datas), 1),
+        "decode_cpu_ms_draft": round(1000 * (t2 - t1) / len(datas), 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -264,7 +301,7 @@ def main() -> None:
     parser.add_argument("--server", default="visionops", help="see serve_variants.py")
     parser.add_argument("--precision", choices=("auto", "fp32", "int8"), default=None)
     parser.add_argument("--set", action="append", default=[], metavar="serve.KEY=VALUE")
-    parser.add_argument("--only", default="sockets,memory,overload,deadline")
+    parser.add_argument("--only", default="sockets,memory,overload,deadline,draft")
     parser.add_argument("--label", default="")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -294,6 +331,9 @@ def main() -> None:
         report["deadline"] = case_deadline(args.model, args.params, variant)
         report["deadline"]["load_avg_1m"] = [load_before, round(os.getloadavg()[0], 2)]
         print("deadline", json.dumps(report["deadline"]), flush=True)
+    if "draft" in cases:
+        report["draft"] = case_draft(args.model, args.precision)
+        print("draft", json.dumps(report["draft"]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"hostile-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -4,9 +4,10 @@
     .venv/bin/python benchmarks/int8_recipes.py --project /tmp/int8 \\
         --recipe entropy,256,per-channel,stem+head --recipe minmax,512        # chosen recipes
 
-The project must have run ``visionops export`` (``artifacts/export/model.onnx`` and the split
-CSVs). The images are decoded once (val + test, and the calibration pool from train, drawn like
-export does), fp32 runs once, then each recipe is quantized (export's own code:
+The project must have its split CSVs and ``artifacts/export/model.onnx`` (or pass ``--model``:
+any fp32 export with the same class names). The images are decoded once (val + test, and the
+calibration pool from train, drawn like export does), fp32 runs once, then each recipe is
+quantized (export's own code:
 :func:`visionops.export.quantize.quantize_int8`) and compared with fp32: top-1 agreement,
 accuracy delta, speed-up (batch 32, alternating rounds). Results go to stdout as a Markdown
 table and to ``--out`` as JSON, with the load average before and after each recipe.
@@ -81,6 +82,7 @@ def predict(session, x: np.ndarray) -> np.ndarray:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", type=Path, required=True, help="a project after export")
+    parser.add_argument("--model", type=Path, help="fp32 .onnx (default: the project's export)")
     parser.add_argument("--recipe", action="append", help="recipe to measure (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/int8_recipes.json"))
     args = parser.parse_args()
@@ -99,7 +101,8 @@ def main() -> int:
     config = load_config(args.project / "params.yaml")
     p = stage_paths(config)
     recipes = [parse_recipe(r) for r in (args.recipe or DEFAULT_RECIPES)]
-    metadata = onnx_metadata(p.onnx_model)
+    fp32 = args.model or p.onnx_model
+    metadata = onnx_metadata(fp32)
     labels, spec, _ = parse_metadata(metadata)
     index = {n: i for i, n in enumerate(labels)}
     files, y = [], []
@@ -115,14 +118,14 @@ def main() -> int:
     x, calibration = decode(files, spec), decode([train[i] for i in pick], spec)
     print(f"decoded {len(x)} val+test and {len(calibration)} calibration images in "
           f"{time.perf_counter() - started:.0f} s", file=sys.stderr)  # fmt: skip
-    fp32_session, _ = build_session(p.onnx_model, "cpu")
+    fp32_session, _ = build_session(fp32, "cpu")
     p32 = predict(fp32_session, x)
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for i, recipe in enumerate(recipes):
             load_before = os.getloadavg()[0]
             out = Path(work) / f"r{i}.int8.onnx"
-            info = quantize_int8(p.onnx_model, out, calibration, metadata, recipe)
+            info = quantize_int8(fp32, out, calibration, metadata, recipe)
             int8_session, _ = build_session(out, "cpu")
             numbers = compare(p32, predict(int8_session, x), y)
             ips32, ips8, ratio = speedup(fp32_session, int8_session, x[:32])

@@ -180,7 +180,7 @@ class ServeParams(_Section):
     keep_alive_seconds: Annotated[float, Field(ge=1, le=300)] = 5
     infer_workers: Annotated[int, Field(ge=1, le=64)] = 2
     ort_threads: Annotated[int, Field(ge=0, le=64)] = 0
-    micro_batch: bool = False
+    micro_batch: bool = True
 
 
 class Config(_Section):

@@ -87,10 +87,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 # Formats whose decoder can scale down while decoding (libjpeg's DCT scaling: 1/2, 1/4, 1/8).
 DRAFT_FORMATS = ("JPEG", "MPO")
 # A drafted JPEG keeps at least this many times the model's resize on its short side, so the
-# final resize still shrinks (and filters) by 2x or more. On Lite1 with 60 photos upscaled 4-40x,
-# |delta prob| vs a full decode: p95 0.009 / max 0.016 with 2x, p95 0.014 / max 0.040 with 1x, at
-# the same CPU (docs/BENCHMARKS.md, issue 12).
-DRAFT_MARGIN = 2
+# final resize still shrinks (and filters) by 4x or more. Lite1 champion, 132 sample photos blown
+# up 4-40x, draft vs every pixel decoded: |delta prob| p95 0.004 / max 0.009, top-1 identical,
+# 44 ms of decoding per image instead of 274; a margin of 2 decoded in 26 ms but moved
+# probabilities by up to 0.026 and flipped 1 top-1 of 132 (docs/BENCHMARKS.md, issue 12).
+DRAFT_MARGIN = 4
 
 
 def draft_to(img: Image.Image, short_side: int) -> None:
@@ -98,10 +99,10 @@ def draft_to(img: Image.Image, short_side: int) -> None:
     that keeps at least ``DRAFT_MARGIN * short_side`` pixels on the short side; ``img.size``
     becomes the size it will decode at.
 
-    A 64-Mpx photo then decodes at 1/8 scale (1 Mpx, ~50 ms) instead of in full (192 MB of RGB,
-    ~0.25 s, then a 29x resize). EXIF rotation only swaps the sides, so the short side that the
-    resize sees is the same. Other formats, and JPEGs too small to shrink, are left as they are
-    (they decode exactly as without this call).
+    An 8000x8000 photo then decodes at 1/4 scale (4 Mpx, 12 MB of RGB) instead of in full
+    (192 MB, then a 29x resize), with ~6x less CPU. EXIF rotation only swaps the sides, so the
+    short side the resize sees is the same. Other formats, and JPEGs too small to shrink, are
+    left as they are (they decode exactly as without this call).
     """
     target = DRAFT_MARGIN * short_side
     if img.format in DRAFT_FORMATS and min(img.size) >= 2 * target:
@@ -128,8 +129,8 @@ def open_image(
 
     EXIF orientation is applied. Images whose header claims more than ``max_pixels`` are refused
     before any pixel is decoded (decompression-bomb guard). With ``short_side`` (the model's
-    resize), a large JPEG is decoded at a reduced scale that still covers it twice over
-    (:func:`draft_to`); the image is then smaller than the file says. Raises
+    resize), a large JPEG is decoded at a reduced scale that still covers it ``DRAFT_MARGIN``
+    times over (:func:`draft_to`); the image is then smaller than the file says. Raises
     :class:`ImageLoadError`.
     """
     data = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
@@ -187,7 +188,7 @@ def preprocess(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 def load_and_preprocess(
     source: Path | str | bytes, spec: PreprocessSpec, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
-    """Decode (a large JPEG at a reduced scale that still covers ``spec.resize`` twice) and
+    """Decode (a large JPEG at a reduced scale that still covers ``spec.resize`` 4x over) and
     :func:`preprocess`: the one path from a file to the model's input."""
     return preprocess(open_image(source, max_pixels=max_pixels, short_side=spec.resize), spec)
 

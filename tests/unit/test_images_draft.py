@@ -28,7 +28,7 @@ from visionops.images import (
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-PHOTOS = sorted((ROOT / "sample" / "clothing-mini").glob("*/*.jpg"))[::40]
+PHOTOS = sorted((ROOT / "sample" / "clothing-mini").glob("*/*.jpg"))[::80]
 SPEC = PreprocessSpec(image_size=240, resize=274)
 
 
@@ -38,10 +38,14 @@ def jpeg(img: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def upscaled(path: Path, factor: int) -> bytes:
-    """A real photo blown up ``factor`` times: a big JPEG with photo content."""
+def upscaled(path: Path, side: int) -> bytes:
+    """A real photo's centre square blown up to ``side`` x ``side``: a big JPEG with photo
+    content."""
     img = Image.open(path).convert("RGB")
-    return jpeg(img.resize((img.width * factor, img.height * factor), Image.Resampling.BICUBIC))
+    s = min(img.size)
+    left, top = (img.width - s) // 2, (img.height - s) // 2
+    square = img.crop((left, top, left + s, top + s))
+    return jpeg(square.resize((side, side), Image.Resampling.BICUBIC))
 
 
 def test_small_jpegs_decode_exactly_as_before():
@@ -51,15 +55,15 @@ def test_small_jpegs_decode_exactly_as_before():
         assert np.array_equal(np.asarray(open_image(data, short_side=SPEC.resize)), full)
 
 
-@pytest.mark.parametrize("factor", [5, 14, 28])
-def test_big_jpeg_decodes_smaller_but_still_covers_the_resize(factor):
-    data = upscaled(PHOTOS[0], factor)
+@pytest.mark.parametrize(("short_side", "scale"), [(2000, 1), (2200, 2), (4400, 4)])
+def test_big_jpeg_decodes_smaller_but_still_covers_the_resize(short_side, scale):
+    """The largest of 1/2, 1/4, 1/8 that keeps DRAFT_MARGIN x the resize (274 -> 1096 px)."""
+    data = upscaled(PHOTOS[0], short_side)
     full = open_image(data)
     small = open_image(data, short_side=SPEC.resize)
     assert decoded_size(data, SPEC.resize) == small.size  # what the pixel budget counts
+    assert small.size == tuple(-(-side // scale) for side in full.size)
     assert min(small.size) >= DRAFT_MARGIN * SPEC.resize
-    assert min(small.size) < 4 * DRAFT_MARGIN * SPEC.resize or small.size == full.size
-    assert small.size[0] * small.size[1] <= full.size[0] * full.size[1]
 
 
 def test_draft_changes_probabilities_by_a_tiny_amount(tmp_path):

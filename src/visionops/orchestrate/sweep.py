@@ -110,10 +110,13 @@ def _dvc(root: Path, *args: str, timeout: float = 300) -> str:
 
 def check_repo(root: Path) -> None:
     """DVC's queue stashes each experiment as a git commit on top of HEAD: it needs both."""
-    head = subprocess.run(
-        ["git", "rev-parse", "--verify", "HEAD"], cwd=root, capture_output=True, text=True
-    )
-    if head.returncode != 0:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--verify", "HEAD"], cwd=root, capture_output=True, text=True
+        ).returncode
+    except OSError:  # no git at all
+        head = -1
+    if head != 0:
         raise VisionOpsError(
             f"{root}: DVC's experiment queue needs a git repository with at least one commit; "
             "run: git init && git add -A && git commit -m 'baseline'"
@@ -139,9 +142,19 @@ def queue_status(root: Path) -> dict[str, str]:
 
 
 def queue(root: Path, points: list[dict[str, Any]], names: list[str], on_line: LineSink) -> None:
+    done: list[str] = []
     for name, point in zip(names, points, strict=True):
         sets = [a for k, v in point.items() for a in ("-S", f"{k}={hydra_value(v)}")]
-        _dvc(root, "exp", "run", "--queue", "-n", name, *sets)
+        try:
+            _dvc(root, "exp", "run", "--queue", "-n", name, *sets)
+        except VisionOpsError as exc:
+            if done:
+                raise VisionOpsError(
+                    f"{exc} (queued before it: {', '.join(done)}; drop them with "
+                    f"dvc queue remove {' '.join(done)})"
+                ) from None
+            raise
+        done.append(name)
         on_line(f"queued {name}")
 
 
@@ -150,7 +163,11 @@ def run_queue(root: Path, jobs: int, on_line: LineSink) -> None:
     is empty (every queued experiment, this sweep's and any queued before)."""
     args = [dvc_executable(), "exp", "run", "--run-all", "-j", str(jobs)]
     on_line("$ dvc " + " ".join(args[1:]))
-    out = run_command(args, root, on_line)
+    try:
+        out = run_command(args, root, on_line)
+    except KeyboardInterrupt:
+        on_line("the queued experiments go on in the background: dvc queue status / dvc queue kill")
+        raise
     if out.returncode != 0:
         raise VisionOpsError(
             f"dvc exp run --run-all failed (exit {out.returncode}); see `dvc queue status` "

@@ -56,7 +56,7 @@ class ServeSettings:
     keep_alive_seconds: float = 5  # idle kept-alive connections close after this
     token: str | None = None  # bearer token required on /predict when set
     infer_workers: int = 2  # threads calling the shared session; see docs/BENCHMARKS.md
-    micro_batch: bool = False  # merge queued requests into one session run (BatchRunner)
+    micro_batch: bool = True  # merge queued requests into one session run (BatchRunner)
     max_batch: int = 4  # images per session run (and per merged run); serve/batching.run_model
 
     @property
