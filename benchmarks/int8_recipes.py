@@ -12,8 +12,9 @@ quantized (export's own code:
 accuracy delta, speed-up (batch 32, alternating rounds). Results go to stdout as a Markdown
 table and to ``--out`` as JSON, with the load average before and after each recipe.
 
-A recipe is ``method,images[,per-tensor|per-channel][,group+group]``: method minmax | entropy |
-percentile | percentile=99.99; groups stem, head, depthwise, se (kept in fp32).
+A recipe is ``method,images[,per-tensor|per-channel][,group+group][,re=REGEX]``: method minmax |
+entropy | percentile | percentile=99.99; groups stem, head, depthwise, se, and nodes whose name
+REGEX finds, are kept in fp32.
 """
 
 from __future__ import annotations
@@ -51,13 +52,15 @@ def parse_recipe(text: str):
     percentile = 99.999
     if method.startswith("percentile="):
         method, percentile = "percentile", float(method.split("=", 1)[1])
-    per_channel, keep = True, ()
+    per_channel, keep, matching = True, (), ""
     for part in parts[2:]:
         if part in ("per-tensor", "per-channel"):
             per_channel = part == "per-channel"
+        elif part.startswith("re="):
+            matching = part[3:]
         else:
             keep = tuple(part.split("+"))
-    return Recipe(method, images, per_channel, keep, percentile)
+    return Recipe(method, images, per_channel, keep, percentile, matching)
 
 
 def decode(files: list[Path], spec) -> np.ndarray:
@@ -79,12 +82,59 @@ def predict(session, x: np.ndarray) -> np.ndarray:
     )
 
 
+def sensitivity(fp32: Path, metadata: dict, calibration, x, recipe, top: int) -> list[dict]:
+    """The ``top`` activations with the most quantization noise (lowest SQNR of the tensor
+    before vs after its QDQ pair, dB) in ``recipe``'s model, on ``x``, with the node that makes
+    each and the error accumulated up to there vs fp32 (``xmodel``, dB)."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from visionops.export.onnx_meta import INPUT
+    from visionops.export.quantize import quantize_int8, quiet_quantizer
+
+    with tempfile.TemporaryDirectory() as work, quiet_quantizer():
+        w = Path(work)
+        quantize_int8(fp32, w / "q.onnx", calibration, metadata, recipe)
+        quant_pre_process(str(fp32), str(w / "pre.onnx"), skip_symbolic_shape=True)
+        modify_model_output_intermediate_tensors(w / "pre.onnx", w / "f_aug.onnx")
+        modify_model_output_intermediate_tensors(w / "q.onnx", w / "q_aug.onnx")
+        batches = [{INPUT: b} for b in np.array_split(x, max(1, len(x) // 8))]
+        floats = collect_activations(str(w / "f_aug.onnx"), batches)
+        qdq = collect_activations(str(w / "q_aug.onnx"), batches)
+        errors = compute_activation_error(create_activation_matching(qdq, floats))
+        producer = {o: n for n in onnx.load(str(w / "pre.onnx")).graph.node for o in n.output}
+    rows = [
+        {
+            "tensor": name,
+            "node": getattr(producer.get(name), "name", "(input)"),
+            "op": getattr(producer.get(name), "op_type", "-"),
+            "qdq_sqnr_db": e["qdq_err"],
+            "xmodel_sqnr_db": e.get("xmodel_err"),
+        }
+        for name, e in errors.items()
+    ]
+    return sorted(rows, key=lambda r: r["qdq_sqnr_db"])[:top]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--project", type=Path, required=True, help="a project after export")
     parser.add_argument("--model", type=Path, help="fp32 .onnx (default: the project's export)")
     parser.add_argument("--recipe", action="append", help="recipe to measure (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/int8_recipes.json"))
+    parser.add_argument(
+        "--sensitivity",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: list the N noisiest activations of the first recipe (32 val+test images)",
+    )
     args = parser.parse_args()
 
     from visionops.config import load_config
@@ -118,6 +168,13 @@ def main() -> int:
     x, calibration = decode(files, spec), decode([train[i] for i in pick], spec)
     print(f"decoded {len(x)} val+test and {len(calibration)} calibration images in "
           f"{time.perf_counter() - started:.0f} s", file=sys.stderr)  # fmt: skip
+    if args.sensitivity:
+        for r in sensitivity(fp32, metadata, calibration, x[:32], recipes[0], args.sensitivity):
+            xmodel = r["xmodel_sqnr_db"] or float("nan")
+            print(
+                f"{r['qdq_sqnr_db']:6.1f} dB  (vs fp32 {xmodel:6.1f} dB)  {r['op']:<10} {r['node']}"
+            )
+        return 0
     fp32_session, _ = build_session(fp32, "cpu")
     p32 = predict(fp32_session, x)
     rows = []

@@ -10,6 +10,9 @@
     python benchmarks/load_test.py --url http://127.0.0.1:8000 --pid 1234
     # no trained model yet? export an ImageNet EfficientNet-Lite0 (224 px, 10-class head) first:
     python benchmarks/load_test.py --make-lite0 benchmarks/results/lite0.onnx
+    # the photos as committed (the figures in docs/BENCHMARKS.md were taken with these):
+    git archive 8575af7 sample | tar -x -C /tmp/s && python benchmarks/load_test.py --model M \\
+        --images /tmp/s/sample/clothing-mini
     # an int8 file beside an fp32 one (calibrated on sample/clothing-mini, the default recipe):
     python benchmarks/load_test.py --make-int8 M.onnx M.int8.onnx
 
@@ -51,10 +54,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load_images(limit: int = 64) -> list[tuple[str, bytes]]:
-    photos = sorted(SAMPLE.glob("*/*.jpg"))[::5][:limit]
+def load_images(limit: int = 64, folder: Path = SAMPLE) -> list[tuple[str, bytes]]:
+    photos = sorted(folder.glob("*/*.jpg"))[::5][:limit]
     if not photos:
-        sys.exit(f"no photos under {SAMPLE}; run from the repository")
+        sys.exit(f"no photos under {folder}; run from the repository (or pass --images)")
     return [(p.name, p.read_bytes()) for p in photos]
 
 
@@ -135,12 +138,14 @@ async def sample_rss(pid: int | None, stop_at: float, into: list) -> None:
         await asyncio.sleep(0.2)
 
 
-async def load(url: str, clients: int, seconds: float, warmup: float, pid: int | None) -> dict:
+async def load(
+    url: str, clients: int, seconds: float, warmup: float, pid: int | None, folder: Path = SAMPLE
+) -> dict:
     # aiohttp (an MLflow dependency) rather than httpx: ~5x less client CPU per request, which
     # matters when client and server share two cores.
     import aiohttp
 
-    images = load_images()
+    images = load_images(folder=folder)
     out: dict = {"latencies": [], "server_ms": [], "errors": {}, "done": 0, "samples": []}
     connector = aiohttp.TCPConnector(limit=clients)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -280,6 +285,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="serve.KEY=VALUE")
     parser.add_argument("--label", default="", help="name of this run in the results file")
     parser.add_argument("--pid", type=int, default=None, help="with --url: the server's pid")
+    parser.add_argument(
+        "--images", type=Path, default=SAMPLE, help="<class>/*.jpg photos to send (every 5th)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -297,7 +305,7 @@ def main() -> None:
         proc, url = start_server(args.model, args.params, variant)
     try:
         pid = proc.pid if proc else args.pid
-        report = asyncio.run(load(url, args.clients, args.seconds, args.warmup, pid))
+        report = asyncio.run(load(url, args.clients, args.seconds, args.warmup, pid, args.images))
     finally:
         if proc:
             proc.terminate()

@@ -136,7 +136,9 @@ class ExportParams(_Section):
     int8_max_drop: Fraction = 0.005
     int8_calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     int8_calibration_images: Annotated[int, Field(ge=1, le=4096)] = 128
-    int8_keep_fp32: list[Literal["stem", "head", "depthwise", "se"]] = Field(default_factory=list)
+    int8_keep_fp32: list[Literal["stem", "head", "depthwise", "se"]] = Field(
+        default_factory=lambda: ["stem"]
+    )
 
     @field_validator("int8", mode="before")
     @classmethod
@@ -180,7 +182,7 @@ class ServeParams(_Section):
     keep_alive_seconds: Annotated[float, Field(ge=1, le=300)] = 5
     infer_workers: Annotated[int, Field(ge=1, le=64)] = 2
     ort_threads: Annotated[int, Field(ge=0, le=64)] = 0
-    micro_batch: bool = True
+    micro_batch: Literal["auto", True, False] = "auto"
 
 
 class Config(_Section):

@@ -242,7 +242,9 @@ def test_metrics_diff_and_exp_show_compare_experiments(reproduced: Path) -> None
         for name, param in (("ft2", "train.finetune_epochs=2"), ("top4", "evaluate.top_losses=4")):
             run(["dvc", "exp", "run", "-n", name, "-S", param], reproduced, timeout=900)
         shown = json.loads(run(["dvc", "exp", "show", "--json"], reproduced).stdout)
-        diff = json.loads(run(["dvc", "metrics", "diff", head, "--json"], reproduced).stdout)
+        diff = json.loads(
+            run(["dvc", "metrics", "diff", head, "--all", "--json"], reproduced).stdout
+        )
         drop = "Created|src/.*|data$|artifacts/[^:]*$"  # dependency hashes: not for people
         table = run(["dvc", "exp", "show", "--md", "--only-changed", "--drop", drop], reproduced)
     finally:  # leave the baseline's workspace behind

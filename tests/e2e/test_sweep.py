@@ -3,8 +3,8 @@ scratch git + DVC project, each point a whole `dvc.yaml` run in DVC's temporary 
 
 The store is params' relative `sqlite:///mlruns/mlflow.db` (no MLFLOW_TRACKING_URI), so this
 also proves the queued runs land in the project's `mlruns/`, not in the deleted copy.
-Tiny data (3 classes x 14 generated JPEGs, a 64 px network from scratch, 1 + 1 epochs): about
-5-8 minutes on 2 busy cores, nearly all of it the 24 stage processes starting up.
+Tiny data (3 classes x 14 generated JPEGs, a 64 px network from scratch, 1 + 1 epochs): 7-11
+minutes on 2 busy cores (load 8-12), nearly all of it the 24 stage processes starting up.
 """
 
 from __future__ import annotations

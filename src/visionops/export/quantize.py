@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import tempfile
 import time
 import warnings
@@ -40,13 +41,16 @@ CALIBRATION_BATCH = 16  # images per calibration step: bounds the intermediate o
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to quantize. ``keep_fp32``: groups of :data:`GROUPS` left unquantized."""
+    """How to quantize. ``keep_fp32``: groups of :data:`GROUPS` left unquantized;
+    ``keep_matching``: a regular expression, nodes whose name it finds are left unquantized too
+    (model-specific, for experiments: ``benchmarks/int8_recipes.py``)."""
 
     calibration: Calibration = "minmax"
     images: int = 128
     per_channel: bool = True
     keep_fp32: tuple[str, ...] = ()
     percentile: float = 99.999
+    keep_matching: str = ""
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.keep_fp32) - set(GROUPS))
@@ -57,7 +61,8 @@ class Recipe:
         method = self.calibration
         if method == "percentile":
             method = f"percentile {self.percentile:g}"
-        kept = f", fp32: {'+'.join(self.keep_fp32)}" if self.keep_fp32 else ""
+        groups = [*self.keep_fp32, *([f"/{self.keep_matching}/"] if self.keep_matching else [])]
+        kept = f", fp32: {'+'.join(groups)}" if groups else ""
         channel = "per-channel" if self.per_channel else "per-tensor"
         return f"{method}, {self.images} images, {channel}{kept}"
 
@@ -83,9 +88,11 @@ class QuantizeInfo:
 def sensitive_nodes(model, groups: tuple[str, ...]) -> list[str]:
     """Names of the nodes of ``groups`` in an ONNX graph (any CNN exported by visionops).
 
-    ``stem``: the first Conv after the input. ``head``: the Gemm/MatMul nodes that produce the
-    graph output. ``depthwise``: Convs with ``group > 1``. ``se``: squeeze-excite gates, i.e.
-    everything from a global pooling that does not feed the head up to the Mul it scales.
+    ``stem``: the first Conv and every Conv after it until the next strided one, i.e. the first
+    resolution stage (Lite1: the stem, the first block, the second block's expansion), where
+    int8 noise starts and then accumulates. ``head``: the Gemm/MatMul that makes the output.
+    ``depthwise``: Convs with ``group > 1``. ``se``: squeeze-excite gates, i.e. everything from
+    a global pooling that does not feed the head up to the Mul it scales.
     """
     graph = model.graph
     consumers: dict[str, list] = {}
@@ -99,18 +106,13 @@ def sensitive_nodes(model, groups: tuple[str, ...]) -> list[str]:
         if node.name and node.name not in picked:
             picked.append(node.name)
 
-    if "stem" in groups:  # breadth-first from the input: Pad/Cast may come before it
-        frontier, visited, stem = [graph.input[0].name], set(), None
-        while frontier and stem is None:
-            for node in consumers.get(frontier.pop(0), []):
-                if node.op_type == "Conv":
-                    stem = node
-                    break
-                if node.name not in visited:
-                    visited.add(node.name)
-                    frontier += list(node.output)
-        if stem is not None:
-            add(stem)
+    if "stem" in groups:  # the first resolution stage: Convs until the next strided one
+        convs = [n for n in graph.node if n.op_type == "Conv"]  # graph.node is in run order
+        for i, node in enumerate(convs):
+            stride = next((list(a.ints) for a in node.attribute if a.name == "strides"), [1])
+            if i > 0 and max(stride) > 1:
+                break
+            add(node)
     if "head" in groups:
         for out in graph.output:
             node = producer.get(out.name)
@@ -184,6 +186,8 @@ def quiet_quantizer() -> Iterator[dict[str, int]]:
     targets = [root, *root.handlers]
     for target in targets:
         target.addFilter(hide)
+    level = root.level
+    root.setLevel(min(level, logging.INFO))  # so the count does not depend on the caller's level
     ort.set_default_logger_severity(3)  # calibration sessions' graph warnings
     try:
         with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
@@ -191,6 +195,7 @@ def quiet_quantizer() -> Iterator[dict[str, int]]:
             yield counts
     finally:
         ort.set_default_logger_severity(2)
+        root.setLevel(level)
         for target in targets:
             target.removeFilter(hide)
 
@@ -229,7 +234,11 @@ def quantize_int8(
     ):
         pre = Path(work) / "pre.onnx"
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        kept = sensitive_nodes(onnx.load(str(pre)), recipe.keep_fp32)
+        graph = onnx.load(str(pre))
+        kept = sensitive_nodes(graph, recipe.keep_fp32)
+        if recipe.keep_matching:
+            found = re.compile(recipe.keep_matching).search
+            kept += [n.name for n in graph.graph.node if found(n.name) and n.name not in kept]
         extra = {"CalibStridedMinMax": 1}  # one batch per collect step (see _Batches)
         if recipe.calibration == "percentile":
             # asymmetric: activations after ReLU6 are >= 0, a symmetric range wastes half of uint8

@@ -29,7 +29,7 @@ from starlette.requests import ClientDisconnect
 
 from visionops.images import DEFAULT_MAX_PIXELS
 from visionops.inference import Predictor
-from visionops.serve.batching import BatchRunner, DirectRunner, Expired, Limits
+from visionops.serve.batching import Expired, InferenceQueue, Limits
 from visionops.serve.guards import Guard, Load, page_csp
 from visionops.serve.holder import ModelHolder, precision_of
 from visionops.serve.uploads import Reservation, UploadRejected, read_uploads
@@ -56,7 +56,7 @@ class ServeSettings:
     keep_alive_seconds: float = 5  # idle kept-alive connections close after this
     token: str | None = None  # bearer token required on /predict when set
     infer_workers: int = 2  # threads calling the shared session; see docs/BENCHMARKS.md
-    micro_batch: bool = True  # merge queued requests into one session run (BatchRunner)
+    micro_batch: bool | str = "auto"  # merge queued requests (auto: int8 only); InferenceQueue
     max_batch: int = 4  # images per session run (and per merged run); serve/batching.run_model
 
     @property
@@ -112,10 +112,9 @@ def create_app(holder: ModelHolder, settings: ServeSettings | None = None) -> Fa
     limits = Limits(
         settings.max_pixels, settings.min_side, settings.max_request_pixels, settings.max_batch
     )
-    if settings.micro_batch:
-        runner = BatchRunner(lambda: holder.current, settings.infer_workers, limits)
-    else:
-        runner = DirectRunner(lambda: holder.current, settings.infer_workers, limits)
+    runner = InferenceQueue(
+        lambda: holder.current, settings.infer_workers, limits, merge=settings.micro_batch
+    )
     load = Load(settings.max_queue, int(settings.max_buffered_mb * 2**20))
     page = _page()
     started = time.time()

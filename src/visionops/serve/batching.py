@@ -1,33 +1,40 @@
-"""How ``/predict`` reaches the model: straight to a worker thread, or micro-batched.
+"""How ``/predict`` reaches the model: a queue drained by worker threads, optionally merging.
 
-Both keep inference off the event loop on a dedicated pool of ``workers`` threads sharing the one
-ONNX Runtime session. A job first sniffs every file's header (no pixels: 415/422 per file, and
-the request's pixel budget: 413), then decodes and preprocesses the files one at a time with
+Inference stays off the event loop: :class:`InferenceQueue` keeps ``workers`` threads that share
+the one ONNX Runtime session and pull requests from one FIFO queue themselves, so a worker that
+finishes starts on the next request at once, without a round trip through the (possibly busy)
+event loop. A job first sniffs every file's header (no pixels: 415/422 per file, and the
+request's pixel budget: 413), then decodes and preprocesses the files one at a time with
 :func:`visionops.images.load_one` (the preprocessing evaluation and export's parity gate use),
-checking the request's deadline before each file and before the model runs: a request whose
+checking the request's deadline before each file and before each model run: a request whose
 client already got its 504 stops within one file's work instead of running to the end.
 
-:class:`DirectRunner` runs each request as its own job. :class:`BatchRunner` merges the requests
-that queued up while every worker was busy into one model run (no waiting window: an idle server
-answers at once, a busy one batches). Which one pays was measured, see docs/BENCHMARKS.md.
+With merging (``serve.micro_batch``) a worker also takes the requests queued behind the first
+one, up to ``max_batch`` images, and runs their images together (no waiting window: an idle
+server answers at once, a busy one batches). ``"auto"`` merges for int8 models only: there it
+cut server CPU per request by ~15 % and raised throughput; on fp32 it saved no CPU and served
+10-30 % fewer requests per second (docs/BENCHMARKS.md, issue 12).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from visionops.images import load_one
 from visionops.inference import Predictor
+from visionops.serve.holder import precision_of
 from visionops.serve.uploads import Upload, UploadRejected, sniff
 
 Rows = list[dict]
+log = logging.getLogger(__name__)
 
 
 class Expired(Exception):
@@ -126,87 +133,108 @@ def run_model(
     return np.concatenate(out)
 
 
-def infer(
-    predictor: Predictor, uploads: list[Upload], top_k: int, limits: Limits, deadline: float
-) -> Rows:
-    """One request, start to end, on a worker thread: a row per upload (200, 415 or 422)."""
-    prepared = prepare(predictor, uploads, top_k, limits, deadline)
-    probs = run_model(predictor, prepared.arrays, deadline, limits.max_batch)
-    return finish(predictor, prepared, probs)
+@dataclass
+class _Pending:
+    """One request waiting in the queue; its future is resolved on the event loop."""
+
+    uploads: list[Upload]
+    top_k: int
+    deadline: float
+    loop: asyncio.AbstractEventLoop = field(repr=False)
+    future: asyncio.Future = field(repr=False)
+
+    def resolve(self, result) -> None:
+        """From a worker thread: the (predictor, rows) or the exception this request ends with."""
+
+        def settle() -> None:
+            if self.future.done():  # its handler gave up (timeout, disconnect)
+                return
+            if isinstance(result, BaseException):
+                self.future.set_exception(result)
+            else:
+                self.future.set_result(result)
+
+        self.loop.call_soon_threadsafe(settle)
 
 
-class DirectRunner:
-    """One job per request on the worker pool."""
+class InferenceQueue:
+    """``workers`` threads running requests from one FIFO queue (see the module docstring)."""
 
-    def __init__(self, current: Callable[[], Predictor], workers: int, limits: Limits) -> None:
+    def __init__(
+        self,
+        current: Callable[[], Predictor],
+        workers: int,
+        limits: Limits,
+        merge: bool | str = "auto",
+    ) -> None:
         self.current = current
         self.limits = limits
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="visionops-infer")
+        self.merge = merge
+        self.pending: deque[_Pending] = deque()
+        self.ready = threading.Condition()
+        self.closed = False
+        self.workers = workers
+        self.threads: list[threading.Thread] = []  # started by the first request
 
     async def run(self, uploads: list[Upload], top_k: int, deadline: float):
         """(the Predictor used, rows); raises :class:`Expired` past ``deadline``,
         :class:`UploadRejected` (413) over the pixel budget."""
-        predictor = self.current()  # this request's model, whatever swaps meanwhile
-        rows = await asyncio.get_running_loop().run_in_executor(
-            self.executor, infer, predictor, uploads, top_k, self.limits, deadline
-        )
-        return predictor, rows
+        loop = asyncio.get_running_loop()
+        item = _Pending(uploads, top_k, deadline, loop, loop.create_future())
+        with self.ready:
+            if not self.threads:
+                self.threads = [
+                    threading.Thread(target=self._work, name=f"visionops-infer-{i}", daemon=True)
+                    for i in range(self.workers)
+                ]
+                for thread in self.threads:
+                    thread.start()
+            self.pending.append(item)
+            self.ready.notify()
+        return await item.future
+
+    def merges(self, predictor: Predictor) -> bool:
+        if self.merge == "auto":
+            return precision_of(predictor) == "int8"
+        return bool(self.merge)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        with self.ready:
+            self.closed = True
+            self.ready.notify_all()
 
-
-@dataclass
-class _Pending:
-    uploads: list[Upload]
-    top_k: int
-    deadline: float
-    future: asyncio.Future = field(repr=False)
-
-
-class BatchRunner(DirectRunner):
-    """Requests waiting for a worker are merged (up to ``limits.max_batch`` images) into one job:
-    each is prepared on its own (its own deadline and budget), then one model run serves them
-    all."""
-
-    def __init__(self, current: Callable[[], Predictor], workers: int, limits: Limits) -> None:
-        super().__init__(current, workers, limits)
-        self.free = workers
-        self.max_batch = limits.max_batch
-        self.pending: deque[_Pending] = deque()
-
-    async def run(self, uploads: list[Upload], top_k: int, deadline: float):
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append(_Pending(uploads, top_k, deadline, future))
-        self._dispatch()
-        return await future
-
-    def _dispatch(self) -> None:
-        loop = asyncio.get_running_loop()
-        while self.free and self.pending:
-            batch: list[_Pending] = []
-            images = 0
-            now = time.monotonic()
-            while self.pending and (
-                not batch or images + len(self.pending[0].uploads) <= self.max_batch
+    def _next_batch(self) -> tuple[Predictor, list[_Pending]] | None:
+        with self.ready:
+            while not self.pending and not self.closed:
+                self.ready.wait()
+            if self.closed:
+                return None
+            predictor = self.current()  # these requests' model, whatever swaps meanwhile
+            merge = self.merges(predictor)
+            batch = [self.pending.popleft()]
+            images = len(batch[0].uploads)
+            while (
+                merge
+                and self.pending
+                and images + len(self.pending[0].uploads) <= self.limits.max_batch
             ):
-                item = self.pending.popleft()
-                if item.future.done():  # cancelled: its request timed out
-                    continue
-                if now > item.deadline:
-                    item.future.set_exception(Expired())
-                    continue
-                batch.append(item)
-                images += len(item.uploads)
-            if not batch:
-                return
-            self.free -= 1
-            predictor = self.current()
-            job = loop.run_in_executor(self.executor, self._job, predictor, batch)
-            job.add_done_callback(lambda f, b=batch, p=predictor: self._finish(f, b, p))
+                batch.append(self.pending.popleft())
+                images += len(batch[-1].uploads)
+            return predictor, batch
 
-    def _job(self, predictor: Predictor, batch: list[_Pending]) -> list:
-        """Worker thread: each request's rows, or the exception that request ends with."""
+    def _work(self) -> None:
+        while (job := self._next_batch()) is not None:
+            predictor, batch = job
+            try:
+                results = self._run(predictor, batch)
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive any request
+                log.exception("inference failed")
+                results = [exc] * len(batch)
+            for item, result in zip(batch, results, strict=True):
+                item.resolve(result)
+
+    def _run(self, predictor: Predictor, batch: list[_Pending]) -> list:
+        """Each request's (predictor, rows), or the exception that request ends with."""
         prepared: list[Prepared | BaseException] = []
         for item in batch:
             try:
@@ -217,28 +245,16 @@ class BatchRunner(DirectRunner):
                 prepared.append(exc)
         ok = [p for p in prepared if isinstance(p, Prepared)]
         arrays = [a for p in ok for a in p.arrays]
-        deadline = max(item.deadline for item in batch)
-        probs = run_model(predictor, arrays, deadline, self.limits.max_batch)
+        deadline = max((item.deadline for item in batch), default=0.0)
+        try:
+            probs = run_model(predictor, arrays, deadline, self.limits.max_batch)
+        except Expired as exc:
+            return [exc if isinstance(p, Prepared) else p for p in prepared]
         out, start = [], 0
         for p in prepared:
             if isinstance(p, Prepared):
-                out.append(finish(predictor, p, probs[start : start + len(p.arrays)]))
+                out.append((predictor, finish(predictor, p, probs[start : start + len(p.arrays)])))
                 start += len(p.arrays)
             else:
                 out.append(p)
         return out
-
-    def _finish(self, job: asyncio.Future, batch: list[_Pending], predictor: Predictor) -> None:
-        self.free += 1
-        error = job.exception() if not job.cancelled() else asyncio.CancelledError()
-        results = None if error else job.result()
-        for k, item in enumerate(batch):
-            if item.future.done():
-                continue
-            if error:
-                item.future.set_exception(error)
-            elif isinstance(results[k], BaseException):
-                item.future.set_exception(results[k])
-            else:
-                item.future.set_result((predictor, results[k]))
-        self._dispatch()
