@@ -150,7 +150,7 @@ def test_int8_passes_the_gate_and_is_kept(exported) -> None:
     assert q["calibration_images"] == 12  # all 12 training images (fewer than the recipe's)
     assert 0.5 <= q["agreement"] <= 1.0 and q["changed"] == round((1 - q["agreement"]) * 18)
     assert q["accuracy_delta"] == pytest.approx(q["accuracy_int8"] - q["accuracy_fp32"])
-    assert q["speedup"] > 0 and q["recipe"] == "minmax, 128 images, per-channel, fp32: stem"
+    assert q["speedup"] > 0 and q["recipe"] == "minmax, 512 images, per-channel, fp32: stem"
     assert q["kept_fp32"][0] == "/body.0/body.0.0/Conv"  # the stem conv first (the default)
     folder = result.onnx_path.parent / "int8"
     assert sorted(p.name for p in folder.iterdir()) == ["gate.json", INT8_FILE]
