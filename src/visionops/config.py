@@ -135,7 +135,7 @@ class ExportParams(_Section):
     int8_min_agreement: Annotated[float, Field(gt=0.0, le=1.0)] = 0.995
     int8_max_drop: Fraction = 0.005
     int8_calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
-    int8_calibration_images: Annotated[int, Field(ge=1, le=4096)] = 128
+    int8_calibration_images: Annotated[int, Field(ge=1, le=4096)] = 512
     int8_keep_fp32: list[Literal["stem", "head", "depthwise", "se"]] = Field(
         default_factory=lambda: ["stem"]
     )
