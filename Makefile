@@ -15,7 +15,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help install demo repro test test-fast lint format ui bench bench-serve serve deploy schedule trigger pipeline sweep clean
+.PHONY: help install demo repro test test-fast lint format ui bench bench-serve serve deploy schedule trigger pipeline sweep clean stack stack-down stack-status stack-deps
 
 help: ## list the targets
 	@echo "VisionOps — fresh machine: 'make demo' then 'make test'."
@@ -105,6 +105,23 @@ bench-serve: $(STAMP) ## serving: 100 clients fp32 + int8, 1 client, hostile cas
 	$(BIN)/python benchmarks/load_test.py --model $(BENCH_MODEL) --precision int8
 	$(BIN)/python benchmarks/load_test.py --model $(BENCH_MODEL) --precision int8 --clients 1 --seconds 20
 	$(BIN)/python benchmarks/hostile.py --model $(BENCH_MODEL) --precision int8
+
+# The team topology on 127.0.0.1 (docs/DEPLOY.md): PostgreSQL, MLflow and Prefect servers, work
+# pools `visionops` (2 workers) and `visionops-gpu` (train), data in .stack/. STACK_ARGS="--dvc-remote NAME".
+stack-deps: ## install Debian's postgresql + openssh-server when absent (root + apt-get)
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && test -x /usr/sbin/sshd; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql openssh-server >/dev/null; \
+	else echo "warning: install postgresql (and openssh-server for the SSH remote test): sudo apt-get install -y postgresql openssh-server" >&2; fi
+
+stack: $(STAMP) stack-deps ## start the stack (PostgreSQL, MLflow, Prefect, workers) in .stack/; prints the URLs
+	$(BIN)/visionops stack up $(STACK_ARGS)
+
+stack-status: $(STAMP) ## every stack URL and process, and whether it answers
+	$(BIN)/visionops stack status
+
+stack-down: $(STAMP) ## stop exactly what `make stack` started
+	$(BIN)/visionops stack down
 
 clean: ## remove artifacts/ and caches (never data/ or mlruns/)
 	rm -rf artifacts .cache .pytest_cache .ruff_cache

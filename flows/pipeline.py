@@ -39,6 +39,7 @@ from visionops.orchestrate import stages as orchestrate
 from visionops.orchestrate import version_data as data_versioning
 from visionops.orchestrate.commit_lineage import LineageCommit, commit_lineage
 from visionops.orchestrate.override_params import ParamChange, override_params
+from visionops.orchestrate.remote_sync import run_synced_stage
 from visionops.orchestrate.run_report import PipelineRun, build_report, per_class_rows
 from visionops.orchestrate.stages import PIPELINE_STAGES, StageResult
 from visionops.orchestrate.version_data import DataVersion
@@ -85,16 +86,87 @@ def version_data(project: str) -> DataVersion:
 
 
 @task(cache_policy=NO_CACHE, **_RETRY)
-def dvc_stage(project: str, stage: str, force: bool, experiment: str | None = None) -> StageResult:
+def dvc_stage(
+    project: str,
+    stage: str,
+    force: bool,
+    experiment: str | None = None,
+    dvc_remote: str | None = None,
+) -> StageResult:
     logger = get_run_logger()
-    result = orchestrate.run_stage(
-        project, stage, force=force, on_line=logger.info, experiment=experiment
+    result = run_synced_stage(
+        project, stage, dvc_remote, force=force, on_line=logger.info, experiment=experiment
     )
     logger.info(result.summary())
     return result
 
 
 STAGE_TASKS = {s: dvc_stage.with_options(name=s, task_run_name=s) for s in PIPELINE_STAGES}
+
+
+@flow(
+    name="visionops-stage",
+    description="One dvc.yaml stage (dvc repro --single-item), for a stage routed to its own "
+    "work pool (train on the GPU pool); the training-pipeline flow starts it as a subflow run.",
+    persist_result=True,  # the caller reads the StageResult back (docs/DEPLOY.md: result storage)
+    result_serializer="json",
+)
+def stage_flow(
+    project: str,
+    stage: str,
+    force: bool = False,
+    experiment: str | None = None,
+    dvc_remote: str | None = None,
+) -> dict[str, Any]:
+    """Run one stage on whichever worker picked this flow run; returns the StageResult dict."""
+    apply_offline_env()
+    root = str(Path(project).resolve())
+    result = STAGE_TASKS[stage](root, stage, force, experiment, dvc_remote)
+    return result.to_dict()
+
+
+def run_routed_stage(
+    deployment: str,
+    project: str,
+    stage: str,
+    force: bool,
+    experiment: str | None,
+    dvc_remote: str | None,
+) -> StageResult:
+    """Run ``stage`` as a subflow run of ``deployment`` (on its own work pool) and wait for it.
+
+    ``run_deployment`` called in a flow links the new flow run to this one (the UI shows it as
+    a subflow); only a worker of the deployment's pool can execute it."""
+    from prefect.deployments import run_deployment
+
+    logger = get_run_logger()
+    logger.info("stage '%s': submitting to deployment %s", stage, deployment)
+    child = run_deployment(
+        name=deployment,
+        parameters={
+            "project": project,
+            "stage": stage,
+            "force": force,
+            "experiment": experiment,
+            "dvc_remote": dvc_remote,
+        },
+        flow_run_name=stage,
+        timeout=None,
+        poll_interval=2,
+        as_subflow=True,
+    )
+    state = child.state
+    where = f"flow run {child.name} on work pool {child.work_pool_name}"
+    if state is None or not state.is_completed():
+        name = state.name if state else "unknown"
+        message = (state.message if state else "") or "see its logs in the Prefect UI"
+        raise orchestrate.StageFailed(stage, f"{where} ended {name}: {message}")
+    logger.info("stage '%s': %s completed", stage, where)
+    try:
+        return StageResult(**state.result())
+    except Exception as exc:  # noqa: BLE001 - the stage completed; only its summary is missing
+        logger.warning("stage '%s': result unreadable (%s); reported as ran", stage, exc)
+        return StageResult(stage, "ran", 0.0, f"{deployment} ({where})")
 
 
 @task(name="dvc-push", task_run_name="dvc-push", cache_policy=NO_CACHE, **_RETRY)
@@ -155,6 +227,8 @@ def training_pipeline(
     push: bool = False,
     project: str | None = None,
     commit: bool = False,
+    train_deployment: str | None = None,
+    dvc_remote: str | None = None,
 ) -> dict[str, str]:
     """Run the whole pipeline once; returns ``{stage: ran|skipped|restored}``.
 
@@ -167,6 +241,11 @@ def training_pipeline(
         commit: after a fully successful run, ``git commit`` data.dvc, dvc.lock and params.yaml
             (only those, only if changed) and move the registered version's ``git_commit`` tag
             to that commit, so the version can be checked out (``visionops reproduce``).
+        train_deployment: run ``train`` as a subflow run of this deployment of the
+            ``visionops-stage`` flow (e.g. ``visionops-stage/visionops-gpu``, on a GPU work pool)
+            instead of in this flow run; ``visionops stack up`` sets it.
+        dvc_remote: a DVC remote shared by the workers: each stage pulls its inputs from it and
+            pushes its outputs to it, so stages need no shared folder.
     """
     apply_offline_env()
     root = str(Path(project).resolve() if project else PROJECT)
@@ -184,7 +263,14 @@ def training_pipeline(
             upstream: Any = run.data
             for stage, stage_task in STAGE_TASKS.items():
                 run.failed_stage = stage
-                upstream = stage_task(root, stage, force, experiment, wait_for=[upstream])
+                if stage == "train" and train_deployment:
+                    upstream = run_routed_stage(
+                        train_deployment, root, stage, force, experiment, dvc_remote
+                    )
+                else:
+                    upstream = stage_task(
+                        root, stage, force, experiment, dvc_remote, wait_for=[upstream]
+                    )
                 run.stages.append(upstream)
             run.failed_stage = None
             if push:

@@ -12,6 +12,8 @@ Two modes (guide: docs/ORCHESTRATION.md):
 
     python flows/serve_deployment.py [--name scheduled] [--project DIR] [--commit]
     python flows/serve_deployment.py --pool visionops [--source URL] [--image IMAGE]
+    python flows/serve_deployment.py --pool visionops --train-pool visionops-gpu \
+        [--concurrency-limit 1] [--create-pools] [--dvc-remote NAME]   # visionops stack up
 
 ``--commit`` makes ``commit: true`` the deployment's default parameter: every scheduled run then
 git-commits ``data.dvc``, ``dvc.lock`` and ``params.yaml`` after success, so the versions it
@@ -27,7 +29,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from pipeline import PROJECT, training_pipeline
+from pipeline import PROJECT, stage_flow, training_pipeline
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
@@ -36,6 +38,7 @@ from visionops.offline import apply_offline_env
 
 DEPLOYMENT = "scheduled"
 ENTRYPOINT = "flows/pipeline.py:training_pipeline"
+STAGE_ENTRYPOINT = "flows/pipeline.py:stage_flow"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +55,54 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="runs git-commit data.dvc, dvc.lock, params.yaml after success (default: off)",
     )
+    parser.add_argument(
+        "--train-pool",
+        default=None,
+        help="with --pool: run the train stage on this work pool (deployment "
+        "visionops-stage/<pool>), e.g. visionops-gpu with train.device=cuda on its workers",
+    )
+    parser.add_argument(
+        "--concurrency-limit",
+        type=int,
+        default=None,
+        help="with --pool: at most this many runs of the deployment at once (the stack: 1)",
+    )
+    parser.add_argument(
+        "--create-pools",
+        action="store_true",
+        help="with --pool: create the work pool(s) (process type) when absent",
+    )
+    parser.add_argument(
+        "--crash-zombies-after",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="create the automation that marks a flow run Crashed when its heartbeats stop this "
+        "long (a worker machine died); workers need PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30",
+    )
+    parser.add_argument(
+        "--dvc-remote",
+        default=None,
+        help="stages pull their inputs from / push their outputs to this DVC remote",
+    )
     return parser
+
+
+def ensure_process_pool(name: str) -> None:
+    """Create a process work pool with Prefect's default job template unless it exists."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(name)
+        except ObjectNotFound:
+            template = ProcessWorker.get_default_base_job_template()
+            client.create_work_pool(
+                WorkPoolCreate(name=name, type="process", base_job_template=template)
+            )
 
 
 def prefect_command(*args: str) -> str:
@@ -82,6 +132,52 @@ def serving_message(deployment: str) -> str:
     return "\n".join(lines)
 
 
+ZOMBIE_AUTOMATION = "visionops: crash flow runs whose heartbeats stopped"
+
+
+def ensure_zombie_automation(within_s: int) -> None:
+    """Prefect's recipe for zombie flow runs (docs: "Detect zombie flows"): after a heartbeat,
+    expect another heartbeat or a final state within ``within_s``, else set the run Crashed, so
+    a run whose worker died ends instead of staying Running and its parent flow run fails."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    try:
+        Automation.read(name=ZOMBIE_AUTOMATION)
+        return
+    except ValueError:  # "Automation not found"
+        pass
+    Automation(
+        name=ZOMBIE_AUTOMATION,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=within_s),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {within_s} s: its worker or machine died",
+            )
+        ],
+    ).create()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     apply_offline_env()
@@ -97,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parameters = {"project": str(project)} if args.project else {}
     if args.commit:
         parameters["commit"] = True
+    if args.dvc_remote:
+        parameters["dvc_remote"] = args.dvc_remote
     options = {
         "name": args.name,
         "schedules": [Cron(cfg.schedule.cron, timezone=cfg.schedule.timezone)],
@@ -113,12 +211,34 @@ def main(argv: list[str] | None = None) -> int:
         training_pipeline.serve(**options, limit=1, print_starting_message=False)
         return 0
     source = args.source or str(PROJECT)
+    if args.create_pools:
+        for pool in filter(None, (args.pool, args.train_pool)):
+            ensure_process_pool(pool)
+    if args.crash_zombies_after:
+        ensure_zombie_automation(args.crash_zombies_after)
+    if args.train_pool:
+        # train on its own pool: a deployment of the one-stage flow that the pipeline calls
+        # with run_deployment (a subflow run executed by that pool's workers).
+        stage_id = stage_flow.from_source(source=source, entrypoint=STAGE_ENTRYPOINT).deploy(
+            name=args.train_pool,
+            work_pool_name=args.train_pool,
+            image=args.image,
+            build=False,
+            push=False,
+            tags=["visionops"],
+            description=f"One VisionOps stage (train) on work pool {args.train_pool}",
+            print_next_steps=False,
+        )
+        parameters["train_deployment"] = f"{stage_flow.name}/{args.train_pool}"
+        print(f"deployment {stage_flow.name}/{args.train_pool} ({stage_id}) on {args.train_pool}")
     deployment_id = training_pipeline.from_source(source=source, entrypoint=ENTRYPOINT).deploy(
         **options,
         work_pool_name=args.pool,
         image=args.image,
         build=False,  # images are built by your CI (docs/ORCHESTRATION.md), not here
         push=False,
+        concurrency_limit=args.concurrency_limit,
+        print_next_steps=False,
     )
     print(
         f"deployment training-pipeline/{args.name} ({deployment_id}) on work pool {args.pool}; "

@@ -103,6 +103,9 @@ class TrainParams(_Section):
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     warmup_epochs: Annotated[float, Field(ge=0)] = 0.5
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    # Temperature scaling fitted on val after training (train/calibrate.py); export folds it
+    # into the ONNX graph so served probabilities are calibrated. Off: T = 1.
+    calibrate: bool = True
     augment: AugmentParams = Field(default_factory=AugmentParams)
     imbalance: Literal["auto", "none", "weighted_loss", "weighted_sampler"] = "auto"
     imbalance_ratio: Annotated[float, Field(ge=1.0)] = 3.0

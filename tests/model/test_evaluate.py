@@ -96,6 +96,10 @@ def test_logged_to_the_training_run(evaluated) -> None:
     run = client.get_run(result.run_id)
     assert run.data.metrics["test_accuracy"] == pytest.approx(result.metrics["accuracy"])
     assert "test_f1/red" in run.data.metrics
+    # issue 14: the 95% intervals travel with the scores (12 test images: wide)
+    low, high = run.data.metrics["test_accuracy_ci_low"], run.data.metrics["test_accuracy_ci_high"]
+    assert low <= result.metrics["accuracy"] <= high and high - low > 0.2
+    assert "test_macro_f1_ci_low" in run.data.metrics
     logged = {f.path for f in client.list_artifacts(result.run_id, "evaluate")}
     assert {"evaluate/metrics.json", "evaluate/label_issues.csv", "evaluate/plots"} <= logged
 

@@ -32,6 +32,7 @@ LAYERS = [
     "serve",
     "curate",
     "orchestrate",
+    "stack",
     "cli",
 ]
 TOP = {"orchestrate", "cli"}

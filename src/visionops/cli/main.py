@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reproduce_command(sub)
     import_module("visionops.cli.sweep").add_command(sub)
     import_module("visionops.cli.curate").add_commands(sub, _add_common)
+    import_module("visionops.cli.stack").add_command(sub)
     return parser
 
 

@@ -59,14 +59,39 @@ def confusion_matrix_png(
     return _save(fig, path)
 
 
+#: One reliability panel's data: (mean confidence, accuracy, count) per bin and the ECE, as
+#: :func:`visionops.evaluate.metrics.calibration_bins` returns them.
+Bins = tuple[np.ndarray, np.ndarray, np.ndarray, float]
+
+
 def reliability_png(
-    mean_conf: np.ndarray, mean_acc: np.ndarray, counts: np.ndarray, ece: float, path: Path
+    mean_conf: np.ndarray,
+    mean_acc: np.ndarray,
+    counts: np.ndarray,
+    ece: float,
+    path: Path,
+    note: str = "",
+    before: Bins | None = None,
 ) -> Path:
-    """Reliability diagram: accuracy vs confidence per bin, with the bin counts underneath."""
+    """Reliability diagram: accuracy vs confidence per bin, with the bin counts underneath;
+    ``note`` goes into the title. With ``before`` (the bins of the uncalibrated probabilities)
+    the same file shows two panels, before temperature scaling on the left, served on the right,
+    so the plots folder (and ``dvc plots``) keeps one reliability image either way."""
+    panels = [(mean_conf, mean_acc, counts, ece, note)]
+    if before is not None:
+        panels.insert(0, (*before, "before temperature scaling"))
+    fig = Figure(figsize=(5 * len(panels), 6))
+    axes = fig.subplots(
+        2, len(panels), sharex=True, squeeze=False, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    for column, (conf, acc, count, score, title) in enumerate(panels):
+        _reliability_panel(axes[0, column], axes[1, column], conf, acc, count, score, title)
+    return _save(fig, path)
+
+
+def _reliability_panel(ax, ax2, mean_conf, mean_acc, counts, ece: float, note: str) -> None:
     n_bins = len(counts)
     centers = (np.arange(n_bins) + 0.5) / n_bins
-    fig = Figure(figsize=(5, 6))
-    ax, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     filled = counts > 0
     ax.bar(
         centers[filled],
@@ -87,13 +112,12 @@ def reliability_png(
     )
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability (ECE = {ece:.3f})")
+    ax.set_title(f"reliability ({note + ', ' if note else ''}ECE = {ece:.3f})")
     ax.legend(loc="upper left", fontsize=8)
     ax2.bar(centers, counts, width=1 / n_bins, edgecolor="black", color="grey")
     ax2.set_xlim(0, 1)
     ax2.set_xlabel("confidence of the top-1 prediction")
     ax2.set_ylabel("images")
-    return _save(fig, path)
 
 
 def curve_png(

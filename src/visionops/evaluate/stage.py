@@ -3,7 +3,9 @@
 Writes (paths declared in ``paths.py`` and ``dvc.yaml``):
 
 - ``metrics.json``: accuracy, macro/weighted P/R/F1, log loss, ECE, top-5 (> 5 classes),
-  ROC-AUC/AP (2 classes), per-class P/R/F1/support (read by register, reports, people);
+  ROC-AUC/AP (2 classes), 95% intervals of accuracy and macro-F1 (``*_ci_low/high``), the
+  temperature and ECE/log loss before it (a calibrated checkpoint), per-class P/R/F1/support
+  (read by register, reports, people);
 - ``scores.json``: the DVC metrics file, a few flat numbers (accuracy, macro-F1, log loss, ECE,
   seconds) so ``dvc metrics show/diff`` and ``dvc exp show`` stay readable;
 - ``predictions.csv``: one row per test image (path, actual, predicted, probabilities), the
@@ -11,8 +13,12 @@ Writes (paths declared in ``paths.py`` and ``dvc.yaml``):
 - ``per_class.csv``: one row per class, with the class it is most often mistaken for;
 - ``label_issues.csv``: every misclassified test image, highest loss first (the images most
   worth a human look: wrong labels, ambiguous or broken photos);
-- ``plots/``: confusion matrix (counts + row-normalised), reliability diagram, top-loss gallery,
-  ROC and PR curves for binary tasks.
+- ``plots/``: confusion matrix (counts + row-normalised), reliability diagram (before/after
+  temperature scaling side by side for a calibrated model), top-loss gallery, ROC and PR curves
+  for binary tasks.
+
+Probabilities are the ones the exported model serves: ``softmax(logits / T)`` with the
+checkpoint's temperature (:mod:`visionops.train.calibrate`; T = 1 without one).
 
 Images go through :func:`visionops.images.preprocess`, the same transform ONNX inference uses;
 the files are written from the predictions by :mod:`visionops.evaluate.write_reports`.
@@ -35,11 +41,13 @@ import numpy as np
 from visionops.config import Config
 from visionops.data.split import split_rows
 from visionops.errors import DataError, VisionOpsError
+from visionops.evaluate.intervals import format_interval
 from visionops.evaluate.write_reports import headline_scores, write_reports
 from visionops.images import PreprocessSpec, preprocess_batches
 from visionops.io import write_json
 from visionops.onnxrt import softmax
 from visionops.paths import stage_paths
+from visionops.train.calibrate import checkpoint_temperature
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +59,22 @@ class EvaluateResult:
     run_id: str | None
 
     def summary(self) -> str:
+        """Accuracy and macro-F1 with their 95% intervals (Wilson; bootstrap over images), then
+        ECE before/after temperature scaling when the model is calibrated."""
         m = self.metrics
+        acc, f1 = m["accuracy"], m["macro_f1"]
+        if "accuracy_ci_low" in m:
+            acc = format_interval(acc, m["accuracy_ci_low"], m["accuracy_ci_high"])
+            f1 = format_interval(f1, m["macro_f1_ci_low"], m["macro_f1_ci_high"])
+            scores = f"accuracy {acc}, macro-F1 {f1} (95% intervals)"
+        else:
+            scores = f"accuracy {acc:.3f}, macro-F1 {f1:.3f}"
+        ece = f"ECE {m['ece']:.3f}"
+        if "temperature" in m:
+            ece = f"ECE {m['ece_uncalibrated']:.3f} -> {m['ece']:.3f} (T = {m['temperature']:.3f})"
         return (
-            f"evaluate: accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} on "
-            f"{m['n_images']} test images -> {self.metrics_path.parent}"
+            f"evaluate: {scores} on {m['n_images']} test images; {ece} -> "
+            f"{self.metrics_path.parent}"
         )
 
 
@@ -174,7 +194,7 @@ def run(config: Config) -> EvaluateResult:
     started = time.perf_counter()
     p = stage_paths(config)
     files, labels = split_rows(p.split_file("test"), config.data_dir)
-    model, _, names, spec = load_checkpoint(p.checkpoint_best)
+    model, ckpt, names, spec = load_checkpoint(p.checkpoint_best)
     unknown = sorted(set(labels) - set(names))
     if unknown:
         raise DataError(
@@ -184,8 +204,12 @@ def run(config: Config) -> EvaluateResult:
     index = {n: i for i, n in enumerate(names)}
     y = np.array([index[lab] for lab in labels], dtype=np.int64)
     logits = predict_logits(model, files, spec, config.train.batch_size, progress="evaluate")
-    probs = softmax(logits)
-    report = write_reports(config, files, y, probs, names)
+    # The probabilities the exported model serves: the checkpoint's temperature divides the
+    # logits as the ONNX graph does (train/calibrate.py); the raw ones give "before" numbers.
+    temperature = checkpoint_temperature(ckpt)
+    probs = softmax(logits / np.float32(temperature))
+    raw = softmax(logits) if temperature != 1.0 else None
+    report = write_reports(config, files, y, probs, names, raw, temperature)
     write_json(p.evaluate_scores, headline_scores(report, time.perf_counter() - started))
     run_id = log_to_mlflow(config, report, p.evaluate_dir, "evaluate")
     return EvaluateResult(report, p.evaluate_metrics, run_id)

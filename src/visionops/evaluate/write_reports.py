@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from visionops.config import Config
+from visionops.evaluate.intervals import score_intervals
 from visionops.evaluate.metrics import (
     calibration_bins,
     classification_report,
@@ -120,16 +121,53 @@ def _label_issues(
     return rows
 
 
+def with_intervals_and_calibration(
+    report: dict,
+    y: np.ndarray,
+    probs: np.ndarray,
+    raw_probs: np.ndarray | None = None,
+    temperature: float = 1.0,
+) -> dict:
+    """``report`` (:func:`classification_report`) with flat 95% intervals after the headline
+    numbers (``accuracy_ci_low/high``: Wilson; ``macro_f1_ci_low/high``: bootstrap over images,
+    :mod:`visionops.evaluate.intervals`) and, for a calibrated model, ``temperature`` and the
+    ECE / log loss of the uncalibrated probabilities ``raw_probs``. Flat numbers, so MLflow
+    logs each as ``test_<key>``; ``scores.json`` (DVC metrics) keeps only :data:`SCORE_KEYS`."""
+    extra: dict = score_intervals(y, probs.argmax(axis=1), probs.shape[1])
+    if raw_probs is not None:
+        raw = classification_report(y, raw_probs, [str(i) for i in range(raw_probs.shape[1])])
+        extra.update(
+            temperature=float(temperature),
+            ece_uncalibrated=raw["ece"],
+            log_loss_uncalibrated=raw["log_loss"],
+        )
+    head = {k: v for k, v in report.items() if k != "per_class"}
+    return {**head, **extra, "per_class": report["per_class"]}
+
+
 def write_reports(
-    config: Config, files: Sequence[Path], y: np.ndarray, probs: np.ndarray, names: list[str]
+    config: Config,
+    files: Sequence[Path],
+    y: np.ndarray,
+    probs: np.ndarray,
+    names: list[str],
+    raw_probs: np.ndarray | None = None,
+    temperature: float = 1.0,
 ) -> dict:
     """All evaluate outputs but ``scores.json`` (it holds the stage's time: written by
     :func:`visionops.evaluate.stage.run`) from (files, true indices, probabilities); returns
-    the metrics."""
+    the metrics.
+
+    ``probs`` are what the model serves (calibrated when the checkpoint has a temperature);
+    ``raw_probs``, given for a calibrated model, are ``softmax`` of the logits before the
+    temperature: they add the uncalibrated ECE to the metrics and a "before" panel to
+    ``plots/reliability.png``."""
     from visionops.evaluate import plots as plots
 
     p = stage_paths(config)
-    report = classification_report(y, probs, names)
+    report = with_intervals_and_calibration(
+        classification_report(y, probs, names), y, probs, raw_probs, temperature
+    )
     cm = confusion_matrix(y, probs.argmax(axis=1), len(names))
     issues = _label_issues(files, y, probs, names, config.data_dir)
 
@@ -149,7 +187,17 @@ def write_reports(
         cm, names, plot_dir / "confusion_matrix_normalized.png", normalize=True
     )
     conf, acc, counts, ece = calibration_bins(y, probs)
-    plots.reliability_png(conf, acc, counts, ece, plot_dir / "reliability.png")
+    calibrated = f", T = {temperature:.2f}" if raw_probs is not None else ""
+    before = calibration_bins(y, raw_probs) if raw_probs is not None else None
+    plots.reliability_png(
+        conf,
+        acc,
+        counts,
+        ece,
+        plot_dir / "reliability.png",
+        note=f"served{calibrated}",
+        before=before,
+    )
     if len(names) == 2:
         fpr, tpr, auc = roc_curve(y, probs[:, 1])
         plots.curve_png(fpr, tpr, plot_dir / "roc.png", kind="roc", score=auc, positive=names[1])

@@ -21,6 +21,9 @@ GIT_COMMIT = "visionops.git_commit"
 DATA_VERSION = "visionops.data_version"
 TRAIN_RUN_ID = "visionops.train_run_id"  # the MLflow run of the training (artifacts/train/run.json)
 OUTPUT_KIND = "visionops.output"  # "logits": apply softmax to get probabilities
+# The T the graph already divides its logits by (train/calibrate.py); "1" = uncalibrated. For
+# reading only: softmax of the output is already calibrated, never divide again.
+TEMPERATURE = "visionops.temperature"
 
 
 def build_metadata(

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from visionops.errors import VisionOpsError
-from visionops.export.onnx_meta import BACKBONE, parse_metadata
+from visionops.export.onnx_meta import BACKBONE, TEMPERATURE, parse_metadata
 from visionops.images import DEFAULT_MAX_PIXELS, Source, describe_source, preprocess_batches
 from visionops.onnxrt import build_session, default_threads, softmax
 
@@ -42,6 +42,13 @@ class Prediction:
             "top_k": [{"label": lab, "probability": p} for lab, p in self.top_k],
             "error": self.error,
         }
+
+
+def _float_or_none(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 class OnnxClassifier:
@@ -107,6 +114,9 @@ class OnnxClassifier:
             "labels": list(self.labels),
             "preprocess": self.spec.to_dict(),
             "backbone": self.metadata.get(BACKBONE),
+            # Already divided out inside the graph; shown so a client knows the probabilities
+            # are calibrated (None: exported before issue 14, uncalibrated).
+            "temperature": _float_or_none(self.metadata.get(TEMPERATURE)),
         }
 
     def predict_arrays(self, batch: np.ndarray) -> np.ndarray:

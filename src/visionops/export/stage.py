@@ -2,8 +2,11 @@
 
 1. ``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``, explicit opset), input
    ``input`` (N, 3, H, W) and output ``logits`` (N, C) with a dynamic batch axis;
+   When the checkpoint carries a temperature (``train.calibrate``), the exported graph divides
+   the logits by it (:class:`visionops.train.calibrate.TemperatureScaled`): the output is
+   calibrated logits, their softmax the calibrated probabilities;
 2. ``metadata_props``: class names, PreprocessSpec, backbone, git commit, data version, params
-   hash (:mod:`visionops.export.onnx_meta`), then ``onnx.checker`` (full check);
+   hash, temperature (:mod:`visionops.export.onnx_meta`), then ``onnx.checker`` (full check);
 3. the batch axis is run at sizes 1, 3 and 17 in ONNX Runtime (and rows must not depend on the
    batch they are in);
 4. parity gate on the real validation images, both sides fed by the inference preprocessing:
@@ -38,12 +41,19 @@ from visionops.evaluate.stage import load_checkpoint, read_train_run
 from visionops.export.int8_files import INT8_FILE
 from visionops.export.int8_gate import run_int8
 from visionops.export.int8_gate import summary as int8_summary
-from visionops.export.onnx_meta import INPUT, OUTPUT, build_metadata, write_metadata
+from visionops.export.onnx_meta import (
+    INPUT,
+    OUTPUT,
+    TEMPERATURE,
+    build_metadata,
+    write_metadata,
+)
 from visionops.images import PreprocessSpec, preprocess_batches
 from visionops.io import atomic_path, write_json
 from visionops.onnxrt import build_session, softmax
 from visionops.paths import display_path, stage_paths
 from visionops.tracking import lineage_tags
+from visionops.train.calibrate import checkpoint_temperature, scaled_model
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +171,11 @@ def run(config: Config) -> ExportResult:
     import torch
 
     model = model.to("cpu", dtype=torch.float32).to(memory_format=torch.contiguous_format).eval()
+    # Calibration is part of the model: the graph divides the logits by the temperature fitted
+    # on val, so every consumer of the file (Predictor, serve, register) gets calibrated
+    # probabilities, and the parity gate below compares this same wrapped model with ORT.
+    temperature = checkpoint_temperature(ckpt)
+    model = scaled_model(model, temperature)
     lineage = lineage_tags(config)
     train_run_id = (read_train_run(config) or {}).get("run_id") or ""
     metadata = build_metadata(
@@ -173,6 +188,7 @@ def run(config: Config) -> ExportResult:
         train_run_id=train_run_id,
         opset=config.export.opset,
         num_classes=len(names),
+        **{TEMPERATURE: f"{temperature:.9g}"},
     )
     limit = config.export.parity_max_abs_diff
     with atomic_path(target) as tmp:
@@ -223,6 +239,7 @@ def run(config: Config) -> ExportResult:
             "max_abs_diff_logit": parity["max_abs_diff_logit"],
             "limit": limit,
         },
+        "temperature": temperature,
         "val_accuracy_onnx": onnx_acc,
         "val_accuracy_torch": torch_acc,
         "val_accuracy_recorded": recorded,

@@ -4,8 +4,8 @@ Two products, both plain data so any front end can show them (the Prefect flow p
 a markdown artifact and a table artifact):
 
 * :func:`build_report` — markdown: outcome, data version, stages ran/skipped, param overrides,
-  images per class and split, validation warnings, test metrics, champion decision, MLflow run
-  and model version.
+  images per class and split, validation warnings, test metrics (with their 95% intervals),
+  champion decision, MLflow run and model version.
 * :func:`per_class_rows` — ``artifacts/evaluate/per_class.csv`` as a list of dicts.
 
 A section is shown only for stages that succeeded in this run (ran or skipped as up to date), so
@@ -180,11 +180,34 @@ def _metrics_section(cfg: Config, run: PipelineRun) -> list[str]:
     metrics = _load_json(stage_paths(cfg).evaluate_metrics)
     if not isinstance(metrics, dict):
         return []
+    numbers = {
+        k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
     rows = [
-        [k, v] for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
+        [k, v, _interval(numbers, k)] for k, v in numbers.items() if not k.endswith(_CI_SUFFIXES)
     ]
+    if not rows:
+        return []
     fresh = "" if _status(run, "evaluate") == "ran" else " (model unchanged in this run)"
-    return [f"## Test metrics{fresh}", "", *_table(["metric", "value"], rows)] if rows else []
+    out = [f"## Test metrics{fresh}", ""]
+    if any(r[2] for r in rows):
+        rows = [r if r[2] else [*r[:2], "—"] for r in rows]
+        out += [
+            f"On {numbers.get('n_images', '?')} test images; 95% intervals: accuracy Wilson, "
+            "macro-F1 bootstrap over the images (sampling noise of the split only).",
+            "",
+        ]
+        return out + _table(["metric", "value", "95% interval"], rows)
+    return out + _table(["metric", "value"], [r[:2] for r in rows])
+
+
+_CI_SUFFIXES = ("_ci_low", "_ci_high")
+
+
+def _interval(numbers: dict[str, Any], key: str) -> str:
+    """``[low, high]`` from evaluate's ``<key>_ci_low/high`` (metrics.json), else ""."""
+    low, high = numbers.get(f"{key}_ci_low"), numbers.get(f"{key}_ci_high")
+    return f"[{low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
 
 
 def _status(run: PipelineRun, stage: str) -> str:

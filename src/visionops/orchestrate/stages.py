@@ -5,8 +5,10 @@ The flow never runs a stage function itself: each step here is a ``dvc`` subproc
 ``dvc repro`` would do. Pieces:
 
 * :func:`run_stage` — ``dvc repro --single-item [--force] <stage>``, every output line handed to a
-  callback as it arrives (Prefect logs), classified ``ran`` / ``skipped`` / ``restored``; a failure
-  raises :class:`StageFailed` carrying the stage's own ``error: ...`` line.
+  callback as it arrives (Prefect logs), classified ``ran`` / ``skipped`` / ``restored`` from
+  ``dvc status --json``, the run-cache and ``dvc.lock`` (:mod:`.dvc_state`), not from DVC's
+  printed messages; a failure raises :class:`StageFailed` carrying the stage's own ``error:``
+  line. :mod:`.remote_sync` wraps it for a shared DVC remote (pull inputs, push outputs).
 * :mod:`visionops.orchestrate.version_data` — ``dvc add data`` when ``data/`` changed, ``dvc push``.
 * :func:`pipeline_lock` — one pipeline run per project at a time (``flock`` on a file under
   ``.dvc/tmp``); a second run waits, then finds the stages up to date.
@@ -35,6 +37,7 @@ from visionops import locks
 from visionops.errors import VisionOpsError
 from visionops.locks import LockHolder
 from visionops.offline import OFFLINE_ENV
+from visionops.orchestrate import dvc_state
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +165,8 @@ def run_command(
                 out.dvc_errors.append(line.removeprefix("ERROR: ").strip())
             elif _EXCEPTION_LINE.match(line):
                 out.exceptions.append(line.strip())
-            for marker in (
-                "Running stage",
-                "didn't change, skipping",
-                "is cached - skipping run",
-                DVC_LOCKED,
-            ):
-                if marker in line:
-                    out.markers.add(marker)
+            if DVC_LOCKED in line:  # the one message with no structured equivalent
+                out.markers.add(DVC_LOCKED)
             on_line(line)
     except BaseException:  # cancelled or interrupted: do not leave dvc and its stage running
         proc.terminate()
@@ -193,6 +190,34 @@ def failure_message(out: CommandOutput) -> str:
     return f"exit code {out.returncode}: {tail}" if tail else f"exit code {out.returncode}"
 
 
+def run_dvc(root: Path, args: list[str]) -> subprocess.CompletedProcess:
+    """``dvc <args>`` in ``root`` with the offline environment, output captured, no stdin."""
+    return subprocess.run(
+        [dvc_executable(), *args],
+        cwd=root,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _dvc_query(root: Path, stage: str) -> Callable[[list[str]], tuple[int, str]]:
+    """Run ``dvc <args>`` in ``root`` quietly; (exit code, stdout). A held repository lock
+    raises :class:`Transient` like a locked ``dvc repro``."""
+
+    def run(args: list[str]) -> tuple[int, str]:
+        proc = run_dvc(root, args)
+        if proc.returncode != 0 and DVC_LOCKED in proc.stderr + proc.stdout:
+            raise Transient(
+                f"stage '{stage}': the DVC repository {root} is locked by another DVC process "
+                f"(.dvc/tmp/lock; a manual `dvc repro`?); retrying later"
+            )
+        return proc.returncode, proc.stdout
+
+    return run
+
+
 def run_stage(
     root: Path | str,
     stage: str,
@@ -206,13 +231,24 @@ def run_stage(
     ``VISIONOPS_EXPERIMENT``, so ``register`` tags the version and moves no alias
     (``register.promote_experiments``).
 
+    With a DVC remote shared between machines, call
+    :func:`visionops.orchestrate.remote_sync.run_synced_stage` instead (pull, this, push).
+
+    ran / skipped / restored is decided from DVC's records (:mod:`.dvc_state`): ``dvc status
+    --json`` before, the run-cache entries and ``dvc.lock`` before and after.
+
     Raises :class:`Transient` when DVC's repository lock is held by another DVC process, and
     :class:`StageFailed` (never worth a retry) with the stage's own message on any other failure.
     """
     root = Path(root)
+    say = on_line or log.info
+    query = _dvc_query(root, stage)
+    changed = force or dvc_state.stage_changed(dvc_state.status_json(query, stage), stage)
+    runs_before = dvc_state.run_cache_entries(root)
+    lock_before = dvc_state.lock_entry(root, stage)
     args = [dvc_executable(), "repro", "--single-item", *(["--force"] if force else []), stage]
     command = "dvc " + " ".join(args[1:])
-    (on_line or log.info)(f"$ {command}")
+    say(f"$ {command}")
     started = time.perf_counter()
     env = {"VISIONOPS_EXPERIMENT": experiment} if experiment else None
     out = run_command(args, root, on_line, env=env)
@@ -224,12 +260,14 @@ def run_stage(
                 f"(.dvc/tmp/lock; a manual `dvc repro`?); retrying later"
             )
         raise StageFailed(stage, failure_message(out))
-    if "Running stage" in out.markers:
-        status = "ran"
-    elif "is cached - skipping run" in out.markers:
-        status = "restored"
-    else:
-        status = "skipped"
+    status = dvc_state.classify(
+        changed_before=changed,
+        forced=force,
+        runs_before=runs_before,
+        runs_after=dvc_state.run_cache_entries(root),
+        lock_before=lock_before,
+        lock_after=dvc_state.lock_entry(root, stage),
+    )
     return StageResult(stage=stage, status=status, duration_s=round(duration, 2), command=command)
 
 

@@ -6,8 +6,12 @@ A checkpoint is a ``torch.save`` dict of tensors and plain Python values only, s
 - always: ``model_state``, ``backbone``, ``class_names``, ``model_params`` (the ``model:`` section),
   ``preprocess`` (``PreprocessSpec.to_dict()``), ``epoch`` (1-based, epochs completed), ``metrics``;
 - ``last`` only (resume): ``optimizer_state``, ``scheduler_state``, ``rng`` (python, numpy, torch,
-  cuda), ``trainer`` (phase, best score, patience, history, MLflow run id), ``key`` (the hash of
-  params + data this run belongs to; a ``last`` with another key is never resumed).
+  cuda), ``trainer`` (phase, best score and val loss, patience, history, MLflow run id), ``key``
+  (the hash of params + data this run belongs to; a ``last`` with another key is never resumed);
+- the running ``best`` (resume folder) only: ``val_logits`` (N, C) of its epoch;
+- the published ``artifacts/train/best.pt`` with ``train.calibrate``: ``calibration``
+  (``temperature`` fitted on those logits, val NLL before/after; :mod:`visionops.train.calibrate`).
+  ``load_model`` returns the raw network; export and evaluate apply the temperature.
 
 Writes go to a temporary file beside the target and are renamed over it (``visionops.io``), so a
 crash or a kill mid-write leaves the previous checkpoint intact.

@@ -28,6 +28,10 @@ class TrainerState:
     best_epoch: int = 0
     bad_epochs: int = 0  # epochs of this phase without beating the phase's best score
     phase_best: float = -1.0
+    # Val loss of the best epochs: it breaks ties on the score (train/selection.py). A state
+    # saved before issue 14 lacks them and starts from inf: its next tie replaces the best.
+    best_loss: float = float("inf")
+    phase_best_loss: float = float("inf")
     history: list[dict[str, Any]] = field(default_factory=list)
     run_id: str | None = None
 
@@ -47,6 +51,9 @@ class TrainResult:
     imbalance: str
     device: str
     checkpoint: Path
+    # train/calibrate.py calibration_record (temperature, val NLL before/after); None when off.
+    # Not in metrics(): the DVC metrics stay flat and few (MLflow gets them, tracking.py).
+    calibration: dict[str, Any] | None = None
 
     def metrics(self) -> dict[str, float | int]:
         """The DVC metrics file (numbers only)."""
@@ -67,10 +74,20 @@ class TrainResult:
                 f"{self.val_accuracy:.4f}, macro-F1 {self.val_macro_f1:.4f} "
                 f"(selected on {self.selection_metric}; {self.imbalance})",
                 f"  {self.seconds:.0f} s on {self.device}{resumed}",
+                *self._calibration_line(),
                 f"  checkpoint: {self.checkpoint}",
                 f"  MLflow run: {self.run_id}",
             ]
         )
+
+    def _calibration_line(self) -> list[str]:
+        c = self.calibration
+        if not c:
+            return []
+        return [
+            f"  calibration: temperature {c['temperature']:.3f} (val NLL "
+            f"{c['val_nll_before']:.4f} -> {c['val_nll_after']:.4f})"
+        ]
 
 
 @dataclass

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from visionops.config import Config
@@ -71,12 +72,21 @@ def save_epoch(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     key: str,
+    val_logits: np.ndarray | None = None,
 ) -> None:
     """After an epoch (rank 0): ``best.pt`` if the score improved, then ``last.pt`` always, with
-    everything :func:`load_resume` needs to continue after this epoch."""
+    everything :func:`load_resume` needs to continue after this epoch.
+
+    The running ``best.pt`` also keeps the epoch's validation logits (N, C) under
+    ``val_logits``: the end of the run fits the temperature on them
+    (:mod:`visionops.train.finish_run`) without another pass over the images.
+    """
     checkpoint = model_checkpoint(ctx, row["epoch"], row)
     if improved:
-        save_checkpoint(state_dir / "best.pt", checkpoint)
+        best = dict(checkpoint)
+        if val_logits is not None:
+            best["val_logits"] = torch.from_numpy(np.ascontiguousarray(val_logits, np.float32))
+        save_checkpoint(state_dir / "best.pt", best)
     last = dict(checkpoint)
     last.update(
         optimizer_state=optimizer.state_dict(),

@@ -30,6 +30,7 @@ from visionops.train.loop import (
 from visionops.train.result import Phase, TrainerState
 from visionops.train.resume import save_epoch
 from visionops.train.schedule import make_optimizer
+from visionops.train.selection import is_new_best, tie_tolerance
 from visionops.train.tracking import TrainTracker
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,8 @@ def run_phase(
 
     ``resume`` is the ``last.pt`` being continued (its optimizer and scheduler are loaded when it
     stopped inside this phase), else None. ``metric`` (``macro_f1`` | ``accuracy``) picks the
-    best epoch and drives early stopping.
+    best epoch and drives early stopping; a tie on it is broken by the lower val loss
+    (:mod:`visionops.train.selection`).
     """
     t, runtime, model = ctx.config.train, ctx.runtime, ctx.model
     params = set_trainable(model, phase.first_unit)
@@ -146,30 +148,32 @@ def run_phase(
         state.history.append(row)
         state.epoch, state.phase_epoch = epoch, state.phase_epoch + 1
         score = ev.macro_f1 if metric == "macro_f1" else ev.accuracy
-        improved = score > state.best_score
+        tolerance = tie_tolerance(len(ctx.val))
+        improved = is_new_best(score, ev.loss, state.best_score, state.best_loss, tolerance)
+        tie = improved and score < state.best_score + tolerance - 1e-9
         if improved:
-            state.best_score, state.best_epoch = score, epoch
-        if score > state.phase_best:
-            state.phase_best, state.bad_epochs = score, 0
+            state.best_score, state.best_loss, state.best_epoch = score, ev.loss, epoch
+        if is_new_best(score, ev.loss, state.phase_best, state.phase_best_loss, tolerance):
+            state.phase_best, state.phase_best_loss, state.bad_epochs = score, ev.loss, 0
         else:
             state.bad_epochs += 1
         patience = t.early_stopping_patience
         if phase.early_stop and patience and state.bad_epochs >= patience:
             state.phase_done = True
         if runtime.is_main:
-            save_epoch(ctx, state_dir, row, improved, state, optimizer, scheduler, key)
+            save_epoch(ctx, state_dir, row, improved, state, optimizer, scheduler, key, ev.logits)
             tracker.log_epoch(row)
-            log.info(
-                epoch_line(row, improved, state.phase_done and state.phase_epoch < phase.epochs)
-            )
+            stopped = state.phase_done and state.phase_epoch < phase.epochs
+            log.info(epoch_line(row, improved, stopped, tie))
         barrier(runtime)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
 
-def epoch_line(row: dict[str, Any], improved: bool, stopped: bool) -> str:
-    """The one log line per epoch; ``* best`` marks a new best score, ``stopped`` early stopping."""
-    mark = "  * best" if improved else ""
+def epoch_line(row: dict[str, Any], improved: bool, stopped: bool, tie: bool = False) -> str:
+    """The one log line per epoch; ``* best`` marks the new selected epoch (``tie``: same score
+    as the previous best, lower val loss), ``stopped`` early stopping."""
+    mark = ("  * best (tie, lower val loss)" if tie else "  * best") if improved else ""
     stop = "  (early stop: no better val score)" if stopped else ""
     return (
         f"epoch {row['epoch']:>2} {row['phase']:<8} train loss {row['train_loss']:.3f} "

@@ -3,7 +3,8 @@
 Rank 0 only: other ranks get a tracker that does nothing. The run carries every resolved param
 (``Config.as_flat_dict()`` plus ``resolved.*``: device, imbalance mode, ...), the lineage tags
 (git commit, data version, params hash), ``experiment=<name>`` inside a DVC experiment,
-per-epoch metrics (step = epoch), the selected epoch's summary (:data:`SUMMARY_METRICS`), the
+per-epoch metrics (step = epoch), the selected epoch's summary (:data:`SUMMARY_METRICS`) and its
+fitted temperature (``calibration_temperature``, val NLL before/after), the
 learning curves PNG, the history CSV and the best checkpoint. Its name says backbone, data
 version and start time (:func:`run_name`). ``artifacts/train/run.json`` tells later stages
 which run to log into.
@@ -107,6 +108,15 @@ class TrainTracker:
 
         summary = result.metrics()
         mlflow.log_metrics({SUMMARY_METRICS.get(k, k): float(v) for k, v in summary.items()})
+        if result.calibration:
+            c = result.calibration
+            mlflow.log_metrics(
+                {
+                    "calibration_temperature": c["temperature"],
+                    "val_nll_uncalibrated": c["val_nll_before"],
+                    "val_nll_calibrated": c["val_nll_after"],
+                }
+            )
         for path in (paths.train_plots, paths.train_history, paths.train_metrics):
             mlflow.log_artifact(str(path), artifact_path="train")
         mlflow.log_artifact(str(paths.checkpoint_best), artifact_path="checkpoint")

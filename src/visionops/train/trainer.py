@@ -13,8 +13,11 @@ Each phase: AdamW, linear warm-up (``train.warmup_epochs``) then cosine decay, l
 The last phase stops early after ``train.early_stopping_patience`` epochs without a better
 validation score within it (macro-F1 when class weighting is on, else accuracy); the head phase
 always completes, since fine-tuning starts from where it ends. The best epoch over both phases
-is the model. With ``train.freeze_bn`` (and pretrained weights) BatchNorm keeps its ImageNet
-statistics throughout (see :func:`visionops.train.loop.set_train_mode`).
+is the model; a tie on the score (within one validation image) goes to the lower validation
+loss (:mod:`~visionops.train.selection`). With ``train.calibrate`` a temperature is then fitted
+on that epoch's validation logits and stored in ``best.pt`` (:mod:`~visionops.train.calibrate`).
+With ``train.freeze_bn`` (and pretrained weights) BatchNorm keeps its ImageNet statistics
+throughout (see :func:`visionops.train.loop.set_train_mode`).
 
 Same data + params + seed give the same weights whether the caches were cold or warm and whether
 the run was resumed: every random draw has a seed of its own (:mod:`visionops.train.seeding`).
