@@ -29,6 +29,10 @@ class BaseParams(_Section):
     data_dir: Path = Path("data")
     artifacts_dir: Path = Path("artifacts")
     cache_dir: Path = Path(".cache/visionops")
+    # Disk budget of cache_dir in GB (10^9 bytes): before filling its caches, train removes
+    # stale and least-recently-used folders it does not need, and streams (no feature cache)
+    # when the feature cache would not fit (train/cache_plan.py).
+    cache_max_gb: Annotated[float, Field(gt=0)] = 20.0
     seed: int = 42
     workers: Annotated[int, Field(ge=0)] = 0
     mlflow_tracking_uri: str = "sqlite:///mlruns/mlflow.db"
@@ -113,6 +117,9 @@ class TrainParams(_Section):
     early_stopping_patience: Annotated[int, Field(ge=0)] = 3
     freeze_bn: bool = True
     feature_views: Annotated[int, Field(ge=0)] = 8
+    # auto: stream (augment on the fly, as feature_views 0) on a CUDA device or when the feature
+    # cache would not fit base.cache_max_gb; always: stream; never: cache even over budget.
+    streaming: Literal["auto", "always", "never"] = "auto"
     feature_engine: Literal["auto", "torch", "onnxruntime"] = "auto"
     amp: bool = True
     channels_last: bool = True

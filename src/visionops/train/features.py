@@ -139,7 +139,8 @@ def _compute(
     frozen = Frozen(model, cut, spec).eval()
     keep = 0 < cut < len(model.body)
     engine = resolve_engine(config, runtime)
-    work = Path(tempfile.mkdtemp(prefix=".tmp-", dir=_mkdir(folder.parent)))
+    # named after the key: a pruner finds the lock of a fill in progress (train/cache_folders.py)
+    work = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=_mkdir(folder.parent)))
     started = time.perf_counter()
     try:
         infer = (

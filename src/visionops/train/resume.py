@@ -42,7 +42,7 @@ def run_key(config: Config, train, val) -> str:
         "seed": config.base.seed,
         "model": config.model.model_dump(mode="json"),
         "train": config.train.model_dump(
-            mode="json", exclude={"resume", "device", "feature_engine"}
+            mode="json", exclude={"resume", "device", "feature_engine", "streaming"}
         ),
         "data": [train.sha256, train.labels.tolist(), val.sha256, val.labels.tolist()],
     }

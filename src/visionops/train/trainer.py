@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from visionops.config import Config
+from visionops.train.cache_plan import plan_caches
 from visionops.train.context import Context, EpochHook
 from visionops.train.data import ImageCache, read_splits
 from visionops.train.devices import Runtime, barrier
@@ -57,10 +58,8 @@ def train_model(config: Config, runtime: Runtime, on_epoch_end: EpochHook | None
     class_names, train, val = read_splits(config)
     spec = preprocess_spec(m.backbone, m.image_size, m.resize)
     cache = ImageCache(config.cache_dir, m.resize, spec.interpolation)
-    if runtime.is_main:
-        cache.fill(train.paths + val.paths, train.sha256 + val.sha256, config.base.workers)
-    barrier(runtime)
 
+    # the model first (no RNG is drawn by the cache fill): the cache plan needs its units
     seed_model_init(config.base.seed)
     model = create_model(
         m.backbone, len(class_names), m.pretrained, m.dense_units, m.dropout, m.image_size
@@ -69,67 +68,77 @@ def train_model(config: Config, runtime: Runtime, on_epoch_end: EpochHook | None
     model = model.to(runtime.device, memory_format=memory_format)
     n_units = len(model.body)
     cut, phases = plan_phases(t, n_units)
-    store = None
-    if t.feature_views > 0:  # computed from the pretrained weights, before any resume
-        store = load_or_compute(config, model, min(cut, n_units), cache, train, val, spec, runtime)
+    # shared locks on the folders this run needs, held until it ends (train/cache_plan.py)
+    with plan_caches(config, runtime, model, min(cut, n_units), spec, cache, train, val) as caches:
+        if runtime.is_main:
+            cache.fill(train.paths + val.paths, train.sha256 + val.sha256, config.base.workers)
+        barrier(runtime)
+        store = None
+        if not caches.streaming:  # computed from the pretrained weights, before any resume
+            store = load_or_compute(
+                config, model, min(cut, n_units), cache, train, val, spec, runtime
+            )
+        if runtime.is_main:
+            caches.mark_used()
 
-    imbalance = resolve_imbalance(t, train.labels, len(class_names))
-    weight = None
-    if imbalance.class_weights is not None:
-        weight = torch.from_numpy(imbalance.class_weights).to(runtime.device)
-    criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing)
-    ctx = Context(
-        config,
-        runtime,
-        class_names,
-        model,
-        spec,
-        cache,
-        train,
-        val,
-        store,
-        criterion,
-        imbalance.sample_weights,
-    )
-
-    key = run_key(config, train, val)
-    state_dir = config.cache_dir / "checkpoints" / key
-    state, resume = TrainerState(), None
-    if t.resume:
-        state, resume = load_resume(state_dir, model)
-    resumed_from = state.epoch if resume else None
-
-    tracker = TrainTracker(config, runtime.is_main)
-    state.run_id = tracker.start(
-        state.run_id,
-        extra_params={
-            "resolved.device": runtime.describe(),
-            "resolved.imbalance": imbalance.mode,
-            "resolved.selection_metric": imbalance.selection_metric,
-            "resolved.first_finetuned_unit": cut,
-            "resolved.units": n_units,
-            "resolved.train_images": len(train),
-            "resolved.val_images": len(val),
-        },
-        resumed_from=resumed_from,
-    )
-    metric = imbalance.selection_metric
-    try:
-        for index, phase in enumerate(phases):
-            if index < state.phase_index:
-                continue
-            if index > state.phase_index:
-                state.phase_index, state.phase_epoch, state.phase_done = index, 0, False
-                state.bad_epochs, state.phase_best = 0, -1.0
-            if state.phase_done or state.phase_epoch >= phase.epochs:
-                continue
-            run_phase(ctx, phase, state, resume, metric, state_dir, tracker, on_epoch_end, key)
-            resume = None
-        state.phase_index = len(phases)
-        result = finish_run(
-            ctx, state, metric, state_dir, tracker, started, resumed_from, imbalance
+        imbalance = resolve_imbalance(t, train.labels, len(class_names))
+        weight = None
+        if imbalance.class_weights is not None:
+            weight = torch.from_numpy(imbalance.class_weights).to(runtime.device)
+        criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing)
+        ctx = Context(
+            config,
+            runtime,
+            class_names,
+            model,
+            spec,
+            cache,
+            train,
+            val,
+            store,
+            criterion,
+            imbalance.sample_weights,
         )
-    except BaseException as exc:
-        tracker.fail(exc)
-        raise
-    return result
+
+        key = run_key(caches.effective_config(config), train, val)
+        state_dir = config.cache_dir / "checkpoints" / key
+        state, resume = TrainerState(), None
+        if t.resume:
+            state, resume = load_resume(state_dir, model)
+        resumed_from = state.epoch if resume else None
+
+        tracker = TrainTracker(config, runtime.is_main)
+        state.run_id = tracker.start(
+            state.run_id,
+            extra_params={
+                "resolved.device": runtime.describe(),
+                "resolved.imbalance": imbalance.mode,
+                "resolved.selection_metric": imbalance.selection_metric,
+                "resolved.first_finetuned_unit": cut,
+                "resolved.units": n_units,
+                "resolved.train_images": len(train),
+                "resolved.val_images": len(val),
+                "resolved.feature_cache": caches.describe(),
+            },
+            resumed_from=resumed_from,
+        )
+        metric = imbalance.selection_metric
+        try:
+            for index, phase in enumerate(phases):
+                if index < state.phase_index:
+                    continue
+                if index > state.phase_index:
+                    state.phase_index, state.phase_epoch, state.phase_done = index, 0, False
+                    state.bad_epochs, state.phase_best = 0, -1.0
+                if state.phase_done or state.phase_epoch >= phase.epochs:
+                    continue
+                run_phase(ctx, phase, state, resume, metric, state_dir, tracker, on_epoch_end, key)
+                resume = None
+            state.phase_index = len(phases)
+            result = finish_run(
+                ctx, state, metric, state_dir, tracker, started, resumed_from, imbalance
+            )
+        except BaseException as exc:
+            tracker.fail(exc)
+            raise
+        return result
