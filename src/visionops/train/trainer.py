@@ -19,6 +19,10 @@ on that epoch's validation logits and stored in ``best.pt`` (:mod:`~visionops.tr
 With ``train.freeze_bn`` (and pretrained weights) BatchNorm keeps its ImageNet statistics
 throughout (see :func:`visionops.train.loop.set_train_mode`).
 
+Before the caches are filled, :mod:`~visionops.train.cache_plan` holds the cache folders this run
+needs, prunes others to ``base.cache_max_gb`` and may switch to streaming (augment on the fly, as
+``feature_views: 0``) when the feature cache would not fit or on a CUDA device.
+
 Same data + params + seed give the same weights whether the caches were cold or warm and whether
 the run was resumed: every random draw has a seed of its own (:mod:`visionops.train.seeding`).
 
