@@ -19,6 +19,7 @@ from visionops.train.cache_budget import (
     prune,
     prune_order,
     removable_bytes,
+    remove_own_stale_work,
 )
 from visionops.train.cache_folders import (
     FolderUse,
@@ -46,6 +47,7 @@ def _folder(root: Path, rel: str, size: int, used_days_ago: float | None, done: 
     when = NOW - (used_days_ago if used_days_ago is not None else 30) * DAY
     if used_days_ago is not None:
         mark_used(path, now=when)
+    os.utime(path / "data.npy", (when, when))
     os.utime(path, (when, when))
     return path
 
@@ -184,3 +186,15 @@ def test_image_estimate_uses_files_already_cached(tmp_path: Path) -> None:
         path.write_bytes(b"\0" * size)
         files.append(path)
     assert image_bytes_each(240, files + [tmp_path / "missing.npy"]) == 200
+
+
+def test_a_fill_still_writing_is_not_stale_a_dead_one_of_this_runs_key_goes(cache: Path) -> None:
+    dead = _folder(cache, "features/.tmp-mine-aaaa11", 100, None, done=False)
+    alive = _folder(cache, "features/.tmp-mine-bbbb22", 100, None, done=False)
+    (alive / "train_acts.npy").write_bytes(b"\0" * 10)  # written just now
+    folders = {f.path.name: f for f in scan_cache(cache)}
+    assert folders[alive.name].last_used == pytest.approx(time.time(), abs=60)
+    lines: list[str] = []
+    freed = remove_own_stale_work(folders.values(), "features/mine", time.time(), lines.append)
+    assert freed == 100 and not dead.exists() and alive.is_dir()
+    assert len(lines) == 1 and "stale, half-written" in lines[0]

@@ -103,6 +103,27 @@ def prune_order(
     ]
 
 
+def remove_own_stale_work(
+    folders: Iterable[CacheFolder], key_id: str, now: float, say: Callable[[str], None] = print
+) -> int:
+    """Remove dead fills (``features/.tmp-<key>-*``, no file written for a day) of the store this
+    run needs: :func:`prune` skips them (their lock is this run's own), and the run starts a
+    fresh fill anyway. Returns the bytes freed."""
+    freed = 0
+    for folder in folders:
+        work = folder.path.name.startswith(".tmp-") and not folder.path.is_symlink()
+        if folder.id != key_id or not work or now - folder.last_used <= STALE_AFTER_S:
+            continue
+        shutil.rmtree(folder.path, ignore_errors=True)
+        if not folder.path.exists():
+            freed += folder.bytes
+            say(
+                f"cache: removed {folder.path} ({gb(folder.bytes)}, stale, half-written, "
+                f"last used {when_text(folder.last_used)}, {age_text(now - folder.last_used)})"
+            )
+    return freed
+
+
 def removable_bytes(cache_dir: Path, folders: Iterable[CacheFolder], needed: set[str]) -> int:
     """What :func:`prune` could free at most now: candidates no other training holds."""
     total = 0

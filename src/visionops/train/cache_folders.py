@@ -76,12 +76,19 @@ def folder_bytes(path: Path) -> int:
     return total
 
 
-def last_used(path: Path) -> float:
-    """mtime of ``<path>/.last_used``, else of the folder itself."""
+def last_used(path: Path, complete: bool = True) -> float:
+    """mtime of ``<path>/.last_used``, else of the folder itself. For a half-written folder,
+    the newest of those and of the files in it: a fill in progress keeps writing its arrays
+    (memory-mapped writes move their mtime), so only a dead one ages."""
+    times = []
     for candidate in (path / LAST_USED, path):
         with contextlib.suppress(OSError):
-            return candidate.stat().st_mtime
-    return 0.0
+            times.append(candidate.stat().st_mtime)
+            break
+    if not complete:
+        with contextlib.suppress(OSError):
+            times += [e.stat().st_mtime for e in os.scandir(path) if e.is_file()]
+    return max(times, default=0.0)
 
 
 def mark_used(path: Path, now: float | None = None) -> None:
@@ -108,9 +115,8 @@ def scan_cache(cache_dir: Path) -> list[CacheFolder]:
                 name = child.name[len(WORK_PREFIX) :].rsplit("-", 1)[0]
             done = DONE.get(kind)
             complete = not work and (done is None or (child / done).exists())
-            found.append(
-                CacheFolder(child, kind, name, folder_bytes(child), last_used(child), complete)
-            )
+            used = last_used(child, complete)
+            found.append(CacheFolder(child, kind, name, folder_bytes(child), used, complete))
     return found
 
 

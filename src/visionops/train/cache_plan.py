@@ -21,6 +21,7 @@ A streamed run trains exactly as ``feature_views: 0`` does, so it resumes under 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from visionops.train.cache_budget import (
     image_bytes_each,
     prune,
     removable_bytes,
+    remove_own_stale_work,
 )
 from visionops.train.cache_folders import FolderUse, mark_used, other_bytes, scan_cache
 from visionops.train.data import ImageCache, SplitData
@@ -146,6 +148,8 @@ def _plan_main(
     folders_needed = [root / item for item in sorted(needed)]
 
     folders = scan_cache(root)
+    if fkey and remove_own_stale_work(folders, f"features/{fkey}", time.time()):
+        folders = scan_cache(root)
     others = other_bytes(root)
     total = sum(f.bytes for f in folders) + others
     shas = {s for s in train.sha256 + val.sha256 if not cache.path_for(s).exists()}
