@@ -8,9 +8,12 @@ import time
 
 import mlflow
 import pytest
+import torch
 
 import visionops.train as train_stage
+from visionops.paths import stage_paths
 from visionops.tracking import tracking_uri
+from visionops.train.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -40,3 +43,15 @@ def test_a_tiny_budget_prunes_old_folders_streams_and_still_trains(toy_project, 
     assert result.val_accuracy >= 0.8, result.summary()
     run = mlflow.MlflowClient(tracking_uri(config)).get_run(result.run_id)
     assert run.data.params["resolved.feature_cache"] == "streaming"
+
+
+def test_a_streamed_run_trains_exactly_as_feature_views_0(toy_project) -> None:
+    """Streaming is ``feature_views: 0``, not a third path: same weights, same resume key."""
+    streamed_cfg = toy_project(**{"train.streaming": "always", "train.finetune_epochs": 1})
+    streamed = train_stage.run(streamed_cfg)
+    best = stage_paths(streamed_cfg).checkpoint_best
+    a = load_checkpoint(best)["model_state"]
+    plain = train_stage.run(toy_project(**{"train.feature_views": 0, "train.finetune_epochs": 1}))
+    b = load_checkpoint(best)["model_state"]
+    assert streamed.best_epoch == plain.best_epoch
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
