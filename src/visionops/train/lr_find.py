@@ -47,9 +47,10 @@ class LrFindResult:
 
 
 def run(config: Config) -> LrFindResult:
+    from visionops.train.cache_folders import FolderUse, mark_used
     from visionops.train.data import ImageCache, read_splits
     from visionops.train.devices import setup_runtime, shutdown
-    from visionops.train.features import load_or_compute
+    from visionops.train.features import feature_key, load_or_compute
     from visionops.train.imbalance import resolve_imbalance
     from visionops.train.models import create_model, preprocess_spec
 
@@ -57,17 +58,24 @@ def run(config: Config) -> LrFindResult:
     if t.feature_views == 0:  # the head is swept on cached features: one view is enough
         config = config.model_copy(update={"train": t.model_copy(update={"feature_views": 1})})
     runtime = setup_runtime(config.train, config.base.seed)
+    # the folders it reads are in use: a training's pruning (train/cache_plan.py) keeps them
+    use = FolderUse()
     try:
         class_names, train, val = read_splits(config)
         spec = preprocess_spec(m.backbone, m.image_size, m.resize)
         cache = ImageCache(config.cache_dir, m.resize, spec.interpolation)
+        use.hold(config.cache_dir, "images", cache.root.name)
         cache.fill(train.paths + val.paths, train.sha256 + val.sha256, config.base.workers)
         seed_model_init(config.base.seed)  # the same weights as training: shared features
         model = create_model(
             m.backbone, len(class_names), m.pretrained, m.dense_units, m.dropout, m.image_size
         )
         cut = _cut(config, len(model.body))
+        key = feature_key(config, cut, spec, train, val)
+        use.hold(config.cache_dir, "features", key)
         store = load_or_compute(config, model, cut, cache, train, val, spec, runtime)
+        for folder in (cache.root, config.cache_dir / "features" / key):
+            mark_used(folder)
         imbalance = resolve_imbalance(t, train.labels, len(class_names))
         weight = (
             None if imbalance.class_weights is None else torch.from_numpy(imbalance.class_weights)
@@ -82,6 +90,7 @@ def run(config: Config) -> LrFindResult:
             config.base.seed,
         )
     finally:
+        use.release()
         shutdown(runtime)
     suggested, min_lr = suggest(lrs, losses)
     folder = config.artifacts_dir / "lr_find"
