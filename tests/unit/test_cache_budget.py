@@ -198,3 +198,30 @@ def test_a_fill_still_writing_is_not_stale_a_dead_one_of_this_runs_key_goes(cach
     freed = remove_own_stale_work(folders.values(), "features/mine", time.time(), lines.append)
     assert freed == 100 and not dead.exists() and alive.is_dir()
     assert len(lines) == 1 and "stale, half-written" in lines[0]
+
+
+def test_another_process_holding_a_folder_keeps_it_until_it_dies(cache: Path) -> None:
+    """A real second process holds ``features/aaaa``; after ``kill -9`` the kernel frees it."""
+    import signal
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\n"
+        "from visionops.train.cache_folders import FolderUse\n"
+        f"FolderUse().hold({str(cache)!r}, 'features', 'aaaa')\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
+    try:
+        assert child.stdout.readline().strip() == b"held"
+        result = prune(cache, scan_cache(cache), set(), 1, 0, say=lambda _: None)
+        assert (cache / "features/aaaa").is_dir()
+        assert [f.id for f in result.kept_busy] == ["features/aaaa"]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    result = prune(cache, scan_cache(cache), set(), 1, 0, say=lambda _: None)
+    assert not (cache / "features/aaaa").exists()
