@@ -116,7 +116,7 @@ class TrainParams(_Section):
     imbalance_power: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     early_stopping_patience: Annotated[int, Field(ge=0)] = 3
     freeze_bn: bool = True
-    feature_views: Annotated[int, Field(ge=0)] = 8
+    feature_views: Annotated[int, Field(ge=0)] = 3
     # auto: stream (augment on the fly, as feature_views 0) on a CUDA device or when the feature
     # cache would not fit base.cache_max_gb; always: stream; never: cache even over budget.
     streaming: Literal["auto", "always", "never"] = "auto"

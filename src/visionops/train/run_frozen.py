@@ -10,7 +10,9 @@ and PyTorch on a GPU.
 
 from __future__ import annotations
 
+import queue
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +48,7 @@ def resolve_engine(config: Config, runtime: Runtime) -> str:
     return engine
 
 
-def torch_runner(frozen: Frozen, runtime: Runtime):
+def torch_runner(frozen: Frozen, runtime: Runtime) -> Runner:
     """Moves ``frozen`` to the run's device; batches run under its autocast (AMP) setting."""
     memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
     frozen = frozen.to(runtime.device, memory_format=memory_format)
@@ -57,13 +59,28 @@ def torch_runner(frozen: Frozen, runtime: Runtime):
             acts, pooled = frozen(x)
         return acts.float().cpu().numpy(), pooled.float().cpu().numpy()
 
-    return run
+    return Runner(run, 1)
 
 
-def ort_runner(frozen: Frozen, spec: PreprocessSpec, work: Path):
+class Runner:
+    """``run(batch) -> (acts, pooled)``, safe to call from ``parallel`` threads at once."""
+
+    def __init__(self, run: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]], parallel: int):
+        self.run = run
+        self.parallel = parallel
+
+    def __call__(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        return self.run(batch)
+
+
+def ort_runner(frozen: Frozen, spec: PreprocessSpec, work: Path) -> Runner:
     """Exports ``frozen`` to ``work/frozen.onnx`` and runs that on ONNX Runtime's CPU provider.
 
-    ``frozen`` (and so the model it wraps) is moved to the CPU in place for the export.
+    With two or more cores: two sessions splitting the threads, each running its own batch, so
+    one computes while the caller writes the other's results. Measured on 2 cores (Lite1,
+    240 px, cut 16; BENCHMARKS "Faster frozen-feature pass"): the graph alone runs as fast
+    either way, the whole pass 7 % faster (65.5 vs 70.4 s for 3 views of clothing-small).
+    ``frozen`` (and the model it wraps) is moved to the CPU in place for the export.
     """
     path = work / "frozen.onnx"
     example = torch.zeros(1, 3, spec.image_size, spec.image_size, dtype=torch.uint8)
@@ -79,11 +96,19 @@ def ort_runner(frozen: Frozen, spec: PreprocessSpec, work: Path):
             output_names=["acts", "pooled"],
             dynamic_axes={"input": {0: "n"}, "acts": {0: "n"}, "pooled": {0: "n"}},
         )
-    # CPU, no busy-waiting between batches (the augmenting work needs that core).
-    session, _ = build_session(path, device="cpu", threads=torch.get_num_threads())
+    threads = torch.get_num_threads()
+    parallel = 2 if threads >= 2 else 1
+    # CPU, no busy-waiting between batches (the augmenting thread needs the cores too).
+    free: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(parallel):
+        free.put(build_session(path, device="cpu", threads=threads // parallel)[0])
 
     def run(batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        acts, pooled = session.run(None, {"input": batch.numpy()})
+        session = free.get()
+        try:
+            acts, pooled = session.run(None, {"input": batch.numpy()})
+        finally:
+            free.put(session)
         return acts, pooled
 
-    return run
+    return Runner(run, parallel)
