@@ -119,6 +119,10 @@ def test_your_own_images_block_runs_verbatim_in_a_fresh_clone(tmp_path: Path) ->
     summary = bash(".venv/bin/python -m visionops.orchestrate.demo_summary", clone, env)
     assert summary.returncode == 0, summary.stderr
     assert "true " in summary.stdout and " right" in summary.stdout, summary.stdout
+    # small test splits: the accuracy comes with its 95% interval
+    assert re.search(r"test accuracy \d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", summary.stdout), (
+        summary.stdout
+    )
     nxt = summary.stdout.split("Next, in this folder:\n", 1)[1].splitlines()
     typed = [line.strip() for line in nxt if line.strip().startswith(("source ", "visionops "))]
     assert len(typed) == 2, nxt

@@ -30,6 +30,9 @@ def test_separable_toy_set_is_learned_and_tracked(toy_project) -> None:
     result = train_stage.run(config)
 
     assert result.val_accuracy >= 0.9, result.summary()
+    # the printed val accuracy carries its 95% interval (a toy val split is a few dozen images)
+    _, _, val = read_splits(config)
+    assert f"(95%, {len(val)} images)" in result.summary().splitlines()[0], result.summary()
     paths = stage_paths(config)
     model, ckpt = load_model(paths.checkpoint_best)
     assert ckpt["class_names"] == ["a", "b", "c"] and ckpt["epoch"] == result.best_epoch

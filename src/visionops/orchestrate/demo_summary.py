@@ -90,9 +90,11 @@ def main() -> int:
     if p.evaluate_metrics.exists():
         metrics = json.loads(p.evaluate_metrics.read_text())
         print(
-            f"  test accuracy {metrics.get('accuracy', float('nan')):.3f}, "
-            f"macro-F1 {metrics.get('macro_f1', float('nan')):.3f} "
-            f"on {metrics.get('n_images', '?')} held-out test images"
+            f"  test accuracy {metrics.get('accuracy', float('nan')):.3f}"
+            f"{_interval(metrics, 'accuracy')}, "
+            f"macro-F1 {metrics.get('macro_f1', float('nan')):.3f}"
+            f"{_interval(metrics, 'macro_f1')} "
+            f"on {metrics.get('n_images', '?')} held-out test images (95% intervals)"
         )
     model = f"models:/{cfg.register.model_name}@champion"
     image = None
@@ -110,6 +112,12 @@ def main() -> int:
         "  make ui                     # the MLflow and Prefect UIs (Ctrl-C stops them)"
     )
     return 0
+
+
+def _interval(metrics: dict, name: str) -> str:
+    """`` [low, high]`` from evaluate's ``<name>_ci_low/high``, or nothing when absent."""
+    low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
+    return "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
 
 
 if __name__ == "__main__":

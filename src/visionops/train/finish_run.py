@@ -59,6 +59,7 @@ def finish_run(
         device=ctx.runtime.describe(),
         checkpoint=paths.checkpoint_best,
         calibration=calibration,
+        val_images=len(ctx.val),
     )
     if ctx.runtime.is_main:
         paths.checkpoint_best.parent.mkdir(parents=True, exist_ok=True)

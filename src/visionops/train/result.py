@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from visionops.evaluate.intervals import wilson_interval
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -54,6 +56,7 @@ class TrainResult:
     # train/calibrate.py calibration_record (temperature, val NLL before/after); None when off.
     # Not in metrics(): the DVC metrics stay flat and few (MLflow gets them, tracking.py).
     calibration: dict[str, Any] | None = None
+    val_images: int = 0
 
     def metrics(self) -> dict[str, float | int]:
         """The DVC metrics file (numbers only)."""
@@ -71,7 +74,7 @@ class TrainResult:
         return "\n".join(
             [
                 f"train: best epoch {self.best_epoch}/{self.epochs}: val accuracy "
-                f"{self.val_accuracy:.4f}, macro-F1 {self.val_macro_f1:.4f} "
+                f"{self.val_accuracy:.4f}{self._interval()}, macro-F1 {self.val_macro_f1:.4f} "
                 f"(selected on {self.selection_metric}; {self.imbalance})",
                 f"  {self.seconds:.0f} s on {self.device}{resumed}",
                 *self._calibration_line(),
@@ -79,6 +82,14 @@ class TrainResult:
                 f"  MLflow run: {self.run_id}",
             ]
         )
+
+    def _interval(self) -> str:
+        """`` [low, high] on n images``: the Wilson 95% interval of the val accuracy."""
+        if not self.val_images:
+            return ""
+        right = round(self.val_accuracy * self.val_images)
+        low, high = wilson_interval(right, self.val_images)
+        return f" [{low:.3f}, {high:.3f}] (95%, {self.val_images} images)"
 
     def _calibration_line(self) -> list[str]:
         c = self.calibration
