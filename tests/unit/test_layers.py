@@ -19,7 +19,7 @@ pytestmark = pytest.mark.unit
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "visionops"
 CORE = {
     "__init__", "config", "errors", "failpoints", "images", "io", "locks", "offline", "onnxrt",
-    "paths", "tracking",
+    "paths", "stats", "tracking",
 }  # fmt: skip
 LAYERS = [
     "core",

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visionops.evaluate.intervals import wilson_interval
+from visionops.stats import wilson_interval
 
 
 @dataclass(frozen=True)
