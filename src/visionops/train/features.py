@@ -24,10 +24,8 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import shutil
 import tempfile
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -169,7 +167,7 @@ def _compute(
         for split, view, dataset in sources:
             n = len(dataset)
             offset = 0
-            for acts, pooled in run_in_order(infer, _batches(dataset, runtime), infer.parallel):
+            for acts, pooled in run_in_order(infer.run, _batches(dataset, runtime), infer.parallel):
                 if f"{split}_pooled" not in arrays:
                     _allocate(arrays, work, split, views, n, acts, pooled, keep)
                 stop = offset + len(pooled)
@@ -297,41 +295,14 @@ def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
     """``items`` produced by a background thread, at most ``depth`` ahead of the consumer.
 
     An exception in the producer is raised in the consumer; a consumer that stops early (an
-    error, ``close()``) stops the producer at its next item.
+    error, ``close()``) cancels what is queued and waits only for the item being produced.
     """
-    ready: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
-
-    def produce() -> None:
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        ready.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            ready.put((end, None))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            ready.put((end, exc))
-
-    thread = threading.Thread(target=produce, name="visionops-prefetch", daemon=True)
-    thread.start()
+    iterator, end = iter(items), object()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="visionops-prefetch")
     try:
-        while True:
-            item, error = ready.get()
-            if error is not None:
-                raise error
-            if item is end:
-                return
+        ahead = deque(pool.submit(next, iterator, end) for _ in range(depth))
+        while (item := ahead.popleft().result()) is not end:
+            ahead.append(pool.submit(next, iterator, end))
             yield item
     finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                ready.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.1)
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import queue
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,15 +63,12 @@ def torch_runner(frozen: Frozen, runtime: Runtime) -> Runner:
     return Runner(run, 1)
 
 
+@dataclass(frozen=True)
 class Runner:
     """``run(batch) -> (acts, pooled)``, safe to call from ``parallel`` threads at once."""
 
-    def __init__(self, run: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]], parallel: int):
-        self.run = run
-        self.parallel = parallel
-
-    def __call__(self, batch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        return self.run(batch)
+    run: Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]
+    parallel: int
 
 
 def ort_runner(frozen: Frozen, spec: PreprocessSpec, work: Path) -> Runner:
