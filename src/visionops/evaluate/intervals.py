@@ -17,11 +17,21 @@ Both describe sampling noise of the split only, not the variance of training.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from visionops.stats import Z_95, wilson_interval
 
-__all__ = ["Z_95", "wilson_interval", "bootstrap_macro_f1", "score_intervals", "format_interval"]
+__all__ = [
+    "Z_95",
+    "wilson_interval",
+    "bootstrap_macro_f1",
+    "score_intervals",
+    "format_interval",
+    "metric_interval",
+]
 
 BOOTSTRAP_SAMPLES = 2000
 BOOTSTRAP_SEED = 0
@@ -88,3 +98,12 @@ def score_intervals(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> d
 def format_interval(value: float, low: float, high: float, digits: int = 3) -> str:
     """``0.926 [0.900, 0.946]``: the number with its 95% interval, as reports print it."""
     return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def metric_interval(metrics: Mapping[str, Any], key: str, digits: int = 3) -> str:
+    """``[low, high]`` from evaluate's ``<key>_ci_low/high`` in ``metrics`` (metrics.json), or
+    "" when they are absent (a file written before intervals existed)."""
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    if low is None or high is None:
+        return ""
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"

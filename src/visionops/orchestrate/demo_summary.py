@@ -11,6 +11,7 @@ from pathlib import Path
 from visionops.config import Config, load_config
 from visionops.data.split import split_rows
 from visionops.errors import VisionOpsError
+from visionops.evaluate.intervals import metric_interval
 from visionops.offline import apply_offline_env
 from visionops.paths import stage_paths
 from visionops.tracking import tracking_uri
@@ -89,11 +90,12 @@ def main() -> int:
         print(f"  {name:<30} {path.relative_to(cfg.root)}{mark}")
     if p.evaluate_metrics.exists():
         metrics = json.loads(p.evaluate_metrics.read_text())
+        acc, f1 = (
+            f"{metrics.get(k, float('nan')):.3f} {metric_interval(metrics, k)}".rstrip()
+            for k in ("accuracy", "macro_f1")
+        )
         print(
-            f"  test accuracy {metrics.get('accuracy', float('nan')):.3f}"
-            f"{_interval(metrics, 'accuracy')}, "
-            f"macro-F1 {metrics.get('macro_f1', float('nan')):.3f}"
-            f"{_interval(metrics, 'macro_f1')} "
+            f"  test accuracy {acc}, macro-F1 {f1} "
             f"on {metrics.get('n_images', '?')} held-out test images (95% intervals)"
         )
     model = f"models:/{cfg.register.model_name}@champion"
@@ -112,12 +114,6 @@ def main() -> int:
         "  make ui                     # the MLflow and Prefect UIs (Ctrl-C stops them)"
     )
     return 0
-
-
-def _interval(metrics: dict, name: str) -> str:
-    """`` [low, high]`` from evaluate's ``<name>_ci_low/high``, or nothing when absent."""
-    low, high = metrics.get(f"{name}_ci_low"), metrics.get(f"{name}_ci_high")
-    return "" if low is None or high is None else f" [{low:.3f}, {high:.3f}]"
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from visionops.config import Config
+from visionops.evaluate.intervals import metric_interval
 from visionops.orchestrate.override_params import ParamChange
 from visionops.orchestrate.stages import PIPELINE_STAGES, StageResult
 from visionops.orchestrate.version_data import DataVersion
@@ -184,7 +185,9 @@ def _metrics_section(cfg: Config, run: PipelineRun) -> list[str]:
         k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
     }
     rows = [
-        [k, v, _interval(numbers, k)] for k, v in numbers.items() if not k.endswith(_CI_SUFFIXES)
+        [k, v, metric_interval(numbers, k, digits=4)]
+        for k, v in numbers.items()
+        if not k.endswith(_CI_SUFFIXES)
     ]
     if not rows:
         return []
@@ -202,12 +205,6 @@ def _metrics_section(cfg: Config, run: PipelineRun) -> list[str]:
 
 
 _CI_SUFFIXES = ("_ci_low", "_ci_high")
-
-
-def _interval(numbers: dict[str, Any], key: str) -> str:
-    """``[low, high]`` from evaluate's ``<key>_ci_low/high`` (metrics.json), else ""."""
-    low, high = numbers.get(f"{key}_ci_low"), numbers.get(f"{key}_ci_high")
-    return f"[{low:.4f}, {high:.4f}]" if low is not None and high is not None else ""
 
 
 def _status(run: PipelineRun, stage: str) -> str:
